@@ -1,0 +1,46 @@
+"""The ``safeanchor`` command. Thin: every subcommand delegates to a module.
+
+Command groups live beside the code they drive (``<package>/commands.py`` with a
+``register(app)`` function) and are listed in ``_COMMAND_MODULES``; heavy imports (torch,
+transformers) happen inside the commands so ``safeanchor --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import typer
+
+app = typer.Typer(
+    name="safeanchor",
+    help="Fine-tune chat LLMs without losing their safety: refusal direction, ProCon, AsFT, Safe LoRA, evaluation.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)
+
+_COMMAND_MODULES = [
+    "safeanchor.commands",
+    "safeanchor.direction.commands",
+    "safeanchor.train.commands",
+    "safeanchor.evaluate.commands",
+    "safeanchor.pipelines.commands",
+]
+
+
+def _register_all() -> None:
+    for name in _COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name and name.startswith(e.name):  # a command group not present in this build
+                continue
+            raise
+        module.register(app)
+
+
+_register_all()
+
+
+def main() -> None:  # pragma: no cover - console entry
+    sys.exit(app())

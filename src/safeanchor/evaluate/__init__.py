@@ -1,0 +1,1 @@
+"""Generation, judges, safety and task evaluation."""

