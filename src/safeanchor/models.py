@@ -340,7 +340,10 @@ def attach_lora(
     )
     source = getattr(model, "safeanchor_source", None)
     prec = getattr(model, "safeanchor_precision", None)
-    peft_model = get_peft_model(model, cfg)
+    try:
+        peft_model = get_peft_model(model, cfg)
+    except ValueError as e:  # PEFT's own message for unmatched targets is long and generic
+        raise ValueError(f"LoRA target_modules {list(targets)} matched no module of this model: {e}") from None
     matched = [n for n, _ in peft_model.named_modules() if n.endswith("lora_A")]
     if not matched:
         raise ValueError(f"LoRA target_modules {targets} matched no module of this model")

@@ -1,0 +1,103 @@
+"""Model loading: local folders, unsupported families, LoRA attach, atomic embedded builds,
+and (slow) the embedded SmolLM2 conversion and its cache."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+
+from safeanchor import models
+from safeanchor.families import UnsupportedModelError, family_of, get_blocks
+
+
+def test_load_local_folder(tiny_model_dir):
+    model, tok = models.load_model(str(tiny_model_dir), device="cpu")
+    assert model.config.model_type == "llama" and not model.training
+    assert model.safeanchor_precision.dtype == torch.float32
+    assert model.safeanchor_precision.autocast == torch.bfloat16  # CPU default: fp32 weights + bf16 autocast
+    assert tok.pad_token is not None and tok.chat_template
+    assert len(get_blocks(model)) == 3
+
+
+def test_precision_choices():
+    assert models.choose_precision("cpu", "fp32") == models.Precision(torch.float32, None)
+    assert models.choose_precision("cpu", "bf16").dtype == torch.bfloat16
+    with pytest.raises(ValueError, match="precision must be one of"):
+        models.choose_precision("cpu", "int3")
+
+
+def test_unknown_family_is_clear():
+    with pytest.raises(UnsupportedModelError, match="'gpt2' is not supported; supported: .*llama"):
+        family_of("gpt2")
+
+
+def test_attach_lora_defaults_and_fingerprint(tiny_model):
+    fp_before = models.model_fingerprint(tiny_model)
+    assert models.model_fingerprint(tiny_model) == fp_before  # stable
+    peft_model = models.attach_lora(tiny_model, r=4, alpha=8, seed=0)
+    cfg = peft_model.peft_config["default"]
+    assert cfg.r == 4 and set(cfg.target_modules) == {"q_proj", "k_proj", "v_proj", "o_proj"}
+    trainable = [n for n, p in peft_model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+    assert len(trainable) == 3 * 4 * 2  # layers x modules x (A, B)
+    assert models.model_fingerprint(peft_model) != fp_before  # adapter weights are part of it
+    with pytest.raises(ValueError, match="matched no module"):
+        models.attach_lora(models_tiny_copy(tiny_model), target_modules=["nonexistent_proj"])
+
+
+def models_tiny_copy(model):
+    import copy
+
+    return copy.deepcopy(model.get_base_model() if hasattr(model, "get_base_model") else model)
+
+
+def test_atomic_build_leaves_nothing_on_crash(tmp_path):
+    target = tmp_path / "m"
+
+    def crash(d):
+        (d / "config.json").write_text("{}")
+        raise KeyboardInterrupt("simulated crash mid-conversion")
+
+    with pytest.raises(KeyboardInterrupt):
+        models.atomic_build_dir(target, crash)
+    assert not target.exists() and list(tmp_path.iterdir()) == []
+
+    def ok(d):
+        (d / "config.json").write_text("{}")
+        (d / "model.safetensors").write_bytes(b"x")
+
+    models.atomic_build_dir(target, ok)
+    assert models.is_built(target)
+
+
+def test_unknown_embedded_name():
+    with pytest.raises(ValueError, match="unknown embedded model 'nope'; available: smollm2-135m-instruct"):
+        models.resolve_model_path("embedded:nope")
+
+
+@pytest.mark.slow
+def test_embedded_model_converts_once_and_loads_from_cache(embedded_cache):
+    target = models.embedded_dir("smollm2-135m-instruct")
+    was_built = models.is_built(target)
+    t0 = time.perf_counter()
+    model, tok = models.load_model("embedded:smollm2-135m-instruct", device="cpu")
+    first = time.perf_counter() - t0
+    assert models.is_built(target)
+    assert model.config.model_type == "llama" and model.config.num_hidden_layers == 30
+    assert not hasattr(model.config, "quantization_config")
+    mtime = (target / "config.json").stat().st_mtime
+    t0 = time.perf_counter()
+    model2, _ = models.load_model("embedded:smollm2-135m-instruct", device="cpu")
+    second = time.perf_counter() - t0
+    assert (target / "config.json").stat().st_mtime == mtime  # no re-conversion
+    assert models.model_fingerprint(model) == models.model_fingerprint(model2)
+    if not was_built:
+        assert second < first
+    print(f"embedded load: first {first:.1f}s (converted={not was_built}), cached {second:.1f}s")
+    ids = tok.apply_chat_template([{"role": "user", "content": "Say hi"}], add_generation_prompt=True,
+                                  return_tensors="pt", return_dict=True)
+    with torch.no_grad():
+        logits = model(**ids).logits
+    assert torch.isfinite(logits).all()
