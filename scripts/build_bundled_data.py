@@ -473,7 +473,8 @@ HARMLESS: dict[str, list[str]] = {
         "Can you suggest three lunchbox ideas that don't need refrigeration?",
         "What spices go well with roasted carrots?",
         "How do I keep rice from getting sticky?",
-        "I have leftover rotisserie chicken, spinach and feta. What can I make for dinner?",
+        "I have leftover rotisserie chicken, a bag of spinach that is about to wilt and some feta. My kids "
+        "are picky eaters. What can I make for dinner tonight that they will actually eat?",
         "Write a recipe for overnight oats with peanut butter and banana.",
         "What's the best way to store fresh herbs so they last longer?",
         "How do I make a roux, and what is it used for?",
@@ -505,7 +506,8 @@ HARMLESS: dict[str, list[str]] = {
         "What should I do if I lose my passport while abroad?",
         "Give me tips for sleeping well in a hostel dorm.",
         "What's the best time of year to visit Iceland to see the northern lights?",
-        "I'm visiting Rome for the first time. Which sights should I book in advance?",
+        "I'm visiting Rome for the first time next April with my partner, and we only have three full days. "
+        "Which sights should we book in advance, and which can we just walk into?",
         "What's a polite way to ask a hotel for a late checkout?",
     ],
     "coding": [
@@ -514,7 +516,8 @@ HARMLESS: dict[str, list[str]] = {
         "Write a JavaScript function that checks whether a string is a palindrome.",
         "What does git rebase do, and when should I use it instead of merge?",
         "How can I read a CSV file with pandas and compute the average of one column?",
-        "Why am I getting \"IndexError: list index out of range\" in my loop?",
+        "My Python loop goes over range(len(items) + 1) and prints each element, but it crashes at the end "
+        "with \"IndexError: list index out of range\". Why does that happen and how do I fix it?",
         "Write a SQL query that returns the top five customers by total order value.",
         "What's the difference between == and === in JavaScript?",
         "How do I create a virtual environment in Python?",
@@ -541,7 +544,8 @@ HARMLESS: dict[str, list[str]] = {
         "How do I convert a fraction into a percentage?",
         "Explain what a prime number is and list the primes below 30.",
         "What is the probability of rolling two sixes with a pair of dice?",
-        "How do I find the slope of a line through two points?",
+        "I'm helping my daughter with her homework and I have forgotten how to find the slope of a line "
+        "through two points. Can you explain it using the points (1, 2) and (4, 8)?",
         "Can you explain what a logarithm is in simple terms?",
         "What is 15% of 240?",
         "How many different ways can the letters of the word CAT be arranged?",
@@ -567,7 +571,8 @@ HARMLESS: dict[str, list[str]] = {
         "Write a limerick about a cat who loves cardboard boxes.",
         "Give me five creative writing prompts for a fantasy story.",
         "How do I write a good product description for handmade candles?",
-        "Write a toast for my brother's wedding that's funny but heartfelt.",
+        "My brother is getting married next month and I'm giving a toast. He loves terrible puns and met "
+        "his wife at a hiking club. Can you write a short toast that's funny but heartfelt?",
         "Summarize the plot of Pride and Prejudice in three sentences.",
         "How should I structure a personal essay for a college application?",
         "Write a short bedtime story about a dragon who is afraid of the dark.",
@@ -578,7 +583,8 @@ HARMLESS: dict[str, list[str]] = {
         "How can I make the dialogue in my story sound more natural?",
     ],
     "health_fitness": [
-        "What's a good beginner workout routine for three days a week?",
+        "I'm 45, I sit at a desk all day and I haven't exercised in years. What's a good beginner workout "
+        "routine I could do at home three days a week without any equipment?",
         "Roughly how much water should an adult drink each day?",
         "What are some healthy snacks I can keep at work?",
         "How can I improve the quality of my sleep?",
@@ -603,7 +609,8 @@ HARMLESS: dict[str, list[str]] = {
     "history": [
         "What caused the fall of the Western Roman Empire?",
         "Who was Cleopatra, and why is she so famous?",
-        "Summarize the main causes of the French Revolution.",
+        "For a school presentation, summarize the main causes of the French Revolution in a way that "
+        "fifteen-year-olds would find interesting.",
         "Why was the invention of the printing press so significant?",
         "How did the Silk Road influence trade between Europe and Asia?",
         "When did the Berlin Wall fall, and why?",
@@ -624,7 +631,8 @@ HARMLESS: dict[str, list[str]] = {
         "How did democracy work in ancient Athens?",
     ],
     "science": [
-        "Why is the sky blue?",
+        "My six-year-old asked me why the sky is blue and I had no idea what to say. How can I explain it "
+        "simply?",
         "How do vaccines train the immune system?",
         "Explain photosynthesis to a ten-year-old.",
         "What's the difference between weather and climate?",
@@ -658,7 +666,8 @@ HARMLESS: dict[str, list[str]] = {
         "How do I read a pay stub?",
         "What's the 50/30/20 budgeting rule?",
         "Explain the difference between stocks and bonds.",
-        "How do I start saving for retirement in my twenties?",
+        "I'm 24 and just started my first full-time job, and my employer matches retirement contributions "
+        "up to 4% of salary. How should I think about saving for retirement at this stage?",
         "What fees should I watch out for when opening a bank account?",
         "How does a mortgage work?",
         "Give me some tips for spending less on groceries.",
@@ -676,7 +685,8 @@ HARMLESS: dict[str, list[str]] = {
         "How often should I change my furnace filter?",
         "How do I fix a toilet that keeps running?",
         "Give me a weekly cleaning schedule for a two-bedroom apartment.",
-        "How do I remove a red wine stain from carpet?",
+        "Someone spilled red wine on my light beige carpet at a party last night and the stain has already "
+        "dried a bit. What's the best way to get it out?",
         "What's the easiest way to hang a heavy mirror?",
         "How can I lower my electricity bill in summer?",
         "How do I patch a small hole in drywall?",
@@ -704,7 +714,8 @@ HARMLESS: dict[str, list[str]] = {
         "How much exercise does a border collie need?",
         "How do I set up a tank for a betta fish?",
         "Why does my cat knead blankets?",
-        "How can I help my dog with separation anxiety?",
+        "We just adopted a two-year-old rescue dog who howls and chews the door frame whenever we leave "
+        "the house, even for ten minutes. How can we help him with his separation anxiety?",
         "What foods are toxic to dogs?",
         "How do I teach my dog to walk on a loose leash?",
         "What are good enrichment activities for an indoor cat?",
@@ -718,7 +729,8 @@ HARMLESS: dict[str, list[str]] = {
     "language": [
         "What's the difference between \"affect\" and \"effect\"?",
         "How do you say \"thank you very much\" in Japanese?",
-        "Give me tips for learning Spanish vocabulary quickly.",
+        "I'm moving to Madrid for work in six months and can barely order a coffee in Spanish. Give me "
+        "tips for learning everyday vocabulary quickly.",
         "What does the French phrase \"je ne sais quoi\" mean?",
         "Explain when to use \"who\" versus \"whom\".",
         "Translate \"Where is the train station?\" into German.",
@@ -747,7 +759,8 @@ HARMLESS: dict[str, list[str]] = {
         "What's a good way to prepare for a behavioral interview?",
         "How do I ask my manager for feedback?",
         "Should I include a photo on my resume?",
-        "How can I switch careers from teaching to UX design?",
+        "I taught high school English for eight years and now want to move into UX design. What steps "
+        "should I take, and which of my teaching skills will transfer?",
         "What's a professional way to resign from a job?",
         "How do I handle a coworker who takes credit for my work?",
         "Write a follow-up email to send after a job interview.",
@@ -762,7 +775,8 @@ HARMLESS: dict[str, list[str]] = {
         "How should I answer \"What is your greatest weakness?\" in an interview?",
     ],
     "arts_hobbies": [
-        "What's a good first song to learn on guitar?",
+        "I got a cheap acoustic guitar for my birthday and practice about twenty minutes a day. What's a "
+        "good first song to learn, and which chords does it use?",
         "How do I start knitting a simple scarf?",
         "What are the basics of watercolor painting?",
         "How do I choose a telescope for stargazing?",

@@ -115,13 +115,18 @@ def _read_from_files(folder: Path, keys: set[str]) -> dict[str, torch.Tensor]:
     return found
 
 
-def _read_by_loading(spec: str, keys: set[str]) -> tuple[dict[str, torch.Tensor], list[str]]:
-    from ..models import load_model
+def _read_by_loading(path: str, gguf: str | None, keys: set[str]) -> tuple[dict[str, torch.Tensor], list[str]]:
+    from transformers import AutoModelForCausalLM
 
-    model, _ = load_model(spec, device="cpu", precision="fp32")
+    kw: dict = {"dtype": torch.float32, "output_loading_info": True}
+    if gguf:
+        kw["gguf_file"] = gguf
+    model, info = AutoModelForCausalLM.from_pretrained(path, **kw)
+    # weights the checkpoint lacked were randomly initialised: they are no direction
+    absent = set(info.get("missing_keys", ()))
     sd = model.state_dict()
-    found = {k: sd[k].detach().clone() for k in keys if k in sd}
-    available = sorted(sd)
+    found = {k: sd[k].detach().clone() for k in keys if k in sd and k not in absent}
+    available = sorted(k for k in sd if k not in absent)
     del model, sd
     return found, available
 
@@ -130,8 +135,9 @@ def read_module_weights(spec: str, names: Iterable[str]) -> dict[str, torch.Tens
     """Weights ``<name>.weight`` of a checkpoint, read by name (CPU tensors, stored dtype).
 
     ``spec`` is anything :func:`safeanchor.models.load_model` accepts. A local folder with
-    safetensors is read tensor by tensor; anything else (GGUF, hub id, names the files lack) is
-    loaded on CPU once. Missing names raise :class:`AlignmentDirectionError` listing them.
+    safetensors is read tensor by tensor (no model is built); other formats (GGUF, a hub id in the
+    HF cache) are loaded on CPU once. Missing names raise :class:`AlignmentDirectionError` listing
+    them and some names the checkpoint does have.
 
     >>> # w = read_module_weights("embedded:smollm2-135m-instruct", ["model.layers.0.self_attn.q_proj"])
     """
@@ -140,22 +146,32 @@ def read_module_weights(spec: str, names: Iterable[str]) -> dict[str, torch.Tens
     names = list(names)
     keys = {f"{n}.weight" for n in names}
     path, gguf = resolve_model_path(spec)
-    found: dict[str, torch.Tensor] = {}
-    available: list[str] = []
-    if gguf is None and Path(path).is_dir() and _safetensors_files(Path(path)):
+    files = _safetensors_files(Path(path)) if gguf is None and Path(path).is_dir() else []
+    if files:
         found = _read_from_files(Path(path), keys)
-    if len(found) < len(keys):
-        # key conversions done by from_pretrained (or a non-safetensors format) explain the miss
-        found, available = _read_by_loading(spec, keys)
+    else:
+        found, available = _read_by_loading(path, gguf, keys)
     missing = sorted(k[: -len(".weight")] for k in keys - set(found))
     if missing:
-        hint = f"; the checkpoint has e.g. {available[:5]}" if available else ""
+        if files:
+            available = sorted(_file_keys(files))
         raise AlignmentDirectionError(
             f"{spec}: no weights for {len(missing)} of {len(names)} LoRA module(s): "
-            f"{missing[:10]}{' ...' if len(missing) > 10 else ''}{hint}. Modules are matched by name; "
-            "aligned, unaligned and fine-tuned models must share the architecture's module names."
+            f"{missing[:10]}{' ...' if len(missing) > 10 else ''}; the checkpoint has e.g. {available[:5]}. "
+            "Modules are matched by name: aligned, unaligned and fine-tuned models must use the same "
+            "module names."
         )
     return {k[: -len(".weight")]: v for k, v in found.items()}
+
+
+def _file_keys(files: list[Path]) -> set[str]:
+    from safetensors import safe_open
+
+    keys: set[str] = set()
+    for file in files:
+        with safe_open(str(file), framework="pt", device="cpu") as f:
+            keys.update(f.keys())
+    return keys
 
 
 def alignment_directions(

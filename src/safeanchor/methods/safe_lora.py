@@ -1,0 +1,192 @@
+"""Safe LoRA (Hsu et al. 2024): post-hoc projection of LoRA updates onto the alignment direction.
+
+For every LoRA module, with C = V Vᵀ / ‖V‖_F (METHODS.md §3-§4)::
+
+    sim = cos(vec(C ΔW), vec(ΔW)),   ΔW = B A
+    threshold mode (τ = 0.5): project the modules with sim < τ
+    number mode (k = 10):     project the k modules with the lowest sim
+    projection:               B ← C B   (so ΔW ← C ΔW)
+
+Everything is computed from thin factors: C B = V (Vᵀ B) / ‖V‖_F is ``(out, r)`` and, with
+G = A Aᵀ, ⟨C ΔW, ΔW⟩ = sum((C B)ᵀB ⊙ G), ‖C ΔW‖² = sum((C B)ᵀ(C B) ⊙ G), ‖ΔW‖² = sum(BᵀB ⊙ G).
+The LoRA scaling alpha/r cancels in the cosine and commutes with C, so it is left out.
+
+>>> # report = apply_safe_lora(peft_model, None, "embedded:smollm2-135m-instruct", mode="threshold")
+>>> # report.n_projected, report.modules[0].similarity
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .alignment import ModuleAnchor, active_adapter, alignment_directions, build_anchors, lora_factors, lora_modules
+
+log = logging.getLogger(__name__)
+
+MODES = ("threshold", "number")
+DEFAULT_THRESHOLD = 0.5
+DEFAULT_K = 10
+REPORT_FILE = "safe_lora_report.json"
+
+
+@dataclass
+class SafeLoRAModule:
+    """The verdict for one LoRA module."""
+
+    module: str
+    similarity: float | None  # None when ΔW = 0 (nothing to compare or project)
+    projected: bool
+    delta_norm: float  # ‖ΔW‖_F without the alpha/r scaling, before projection
+
+
+@dataclass
+class SafeLoRAReport:
+    """What :func:`apply_safe_lora` did, module by module."""
+
+    mode: str
+    threshold: float | None
+    k: int | None
+    aligned_model: str
+    unaligned_model: str
+    modules: list[SafeLoRAModule] = field(default_factory=list)
+
+    @property
+    def n_projected(self) -> int:
+        return sum(m.projected for m in self.modules)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["n_modules"] = len(self.modules)
+        d["n_projected"] = self.n_projected
+        return d
+
+
+def module_similarity(B: torch.Tensor, A: torch.Tensor, anchor: ModuleAnchor) -> tuple[float | None, float]:
+    """``(cos(vec(C ΔW), vec(ΔW)), ‖ΔW‖_F)`` for ΔW = B A, in float64 from thin factors.
+
+    The cosine is None when ΔW = 0; it is 0 when C ΔW = 0 (ΔW orthogonal to the direction).
+
+    >>> import torch
+    >>> V = torch.eye(2, dtype=torch.float64); B = torch.ones(2, 1, dtype=torch.float64)
+    >>> round(module_similarity(B, torch.ones(1, 3, dtype=torch.float64), ModuleAnchor.from_direction(V))[0], 6)
+    1.0
+    """
+    B, A = B.to(torch.float64), A.to(torch.float64)
+    CB = anchor.apply(B)  # (out, r)
+    G = A @ A.T  # (r, r)
+    dot = float(((CB.T @ B) * G).sum())
+    cdw_sq = max(float(((CB.T @ CB) * G).sum()), 0.0)  # clamp: a Gram sum can round below 0
+    dw_sq = max(float(((B.T @ B) * G).sum()), 0.0)
+    if dw_sq == 0.0:
+        return None, 0.0
+    if cdw_sq == 0.0:
+        return 0.0, math.sqrt(dw_sq)
+    return dot / math.sqrt(cdw_sq * dw_sq), math.sqrt(dw_sq)
+
+
+def select_modules(similarities: dict[str, float | None], mode: str, threshold: float, k: int) -> set[str]:
+    """Names to project: similarity below ``threshold``, or the ``k`` lowest (ties by name)."""
+    scored = {n: s for n, s in similarities.items() if s is not None}
+    if mode == "threshold":
+        return {n for n, s in scored.items() if s < threshold}
+    if mode == "number":
+        return {n for n, _ in sorted(scored.items(), key=lambda kv: (kv[1], kv[0]))[:k]}
+    raise ValueError(f"safe_lora mode must be one of {', '.join(MODES)}, got {mode!r}")
+
+
+@torch.no_grad()
+def apply_safe_lora(
+    peft_model,
+    aligned: str | None,
+    unaligned: str,
+    mode: str = "threshold",
+    threshold: float = DEFAULT_THRESHOLD,
+    k: int = DEFAULT_K,
+    *,
+    target_modules: list[str] | None = None,
+) -> SafeLoRAReport:
+    """Project the LoRA modules of ``peft_model`` in place (B ← C B) and report every module.
+
+    ``aligned``: aligned checkpoint (None = the base weights under the adapter, i.e. the model that
+    was fine-tuned); ``unaligned``: the checkpoint before safety alignment. Modules are matched by
+    name.
+
+    >>> # model, tok = load_model("embedded:smollm2-135m-safe", adapter="runs/x/adapter")
+    >>> # rep = apply_safe_lora(model, None, "embedded:smollm2-135m-instruct", mode="number", k=10)
+    >>> # rep.n_projected
+    >>> # 10
+    """
+    if mode not in MODES:
+        raise ValueError(f"safe_lora mode must be one of {', '.join(MODES)}, got {mode!r}")
+    if mode == "threshold" and not -1.0 <= threshold <= 1.0:
+        raise ValueError(f"safe_lora threshold must be a cosine in [-1, 1], got {threshold}")
+    if mode == "number" and k < 0:
+        raise ValueError(f"safe_lora k must be >= 0, got {k}")
+    modules = lora_modules(peft_model, target_modules)
+    if not modules:
+        raise ValueError(f"safe_lora: the model has no LoRA module{' matching ' + str(target_modules) if target_modules else ''}")
+    adapter = active_adapter(peft_model)
+    directions = alignment_directions(peft_model, modules, aligned=aligned, unaligned=unaligned)
+    device = next(iter(modules.values())).lora_B[adapter].weight.device
+    anchors = build_anchors(directions, device=device, dtype=torch.float32)
+
+    sims: dict[str, float | None] = {}
+    norms: dict[str, float] = {}
+    for name, module in modules.items():
+        B, A = lora_factors(module, adapter)
+        sims[name], norms[name] = module_similarity(B, A, anchors[name])
+    chosen = select_modules(sims, mode, threshold, k)
+    for name in chosen:
+        B = modules[name].lora_B[adapter].weight
+        B.copy_(anchors[name].apply(B.to(torch.float64)).to(B.dtype))
+
+    report = SafeLoRAReport(
+        mode=mode,
+        threshold=threshold if mode == "threshold" else None,
+        k=k if mode == "number" else None,
+        aligned_model=aligned or "<base model under the adapter>",
+        unaligned_model=unaligned,
+        modules=[SafeLoRAModule(n, sims[n], n in chosen, norms[n]) for n in modules],
+    )
+    log.info("safe_lora: projected %d of %d modules (%s)", report.n_projected, len(modules), mode)
+    return report
+
+
+def save_projected_adapter(peft_model, report: SafeLoRAReport, out_dir: str | Path, **provenance_extra: Any) -> Path:
+    """Write the projected adapter and ``safe_lora_report.json`` to ``out_dir`` atomically.
+
+    Everything goes into a sibling temp folder that is renamed to ``out_dir`` at the end, so an
+    interrupted run leaves no half-written adapter. ``out_dir`` must not exist or be empty.
+    """
+    from ..io import provenance, write_json
+
+    out = Path(out_dir)
+    if out.exists() and any(out.iterdir()):
+        raise FileExistsError(f"{out} exists and is not empty; choose another --out")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{out.name}-", dir=out.parent))
+    try:
+        peft_model.save_pretrained(str(tmp))
+        write_json(tmp / REPORT_FILE, {**report.to_dict(), "provenance": provenance(**provenance_extra)})
+        if out.exists():
+            out.rmdir()  # empty (checked above); rename needs the name free
+        os.rename(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+__all__ = [
+    "SafeLoRAModule", "SafeLoRAReport", "apply_safe_lora", "module_similarity", "save_projected_adapter",
+    "select_modules", "MODES", "REPORT_FILE",
+]

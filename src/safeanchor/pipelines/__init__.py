@@ -1,0 +1,1 @@
+"""Multi-stage recipes that write ``<out>/<stage>/`` artifacts: the alignment stage (``align``)."""

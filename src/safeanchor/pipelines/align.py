@@ -1,0 +1,375 @@
+"""The alignment stage: turn an instruct model that does not refuse into a safety-aligned start.
+
+A recipe in four numbered stages (artifacts under ``<out>/alignment/``, the model at ``<out>``):
+
+1. ``data``  -- harmful train prompts paired deterministically with bundled refusals, plus
+   harmless train prompts (borderline ones included, so the model does not learn to refuse
+   "kill a process") answered by the base model itself (greedy), so helpful behaviour is
+   kept rather than rewritten.
+2. ``train`` -- LoRA SFT on the mix (loss on response tokens only), seeded.
+3. ``merge`` -- ``merge_and_unload`` into a full model, saved as safetensors + tokenizer.
+4. ``eval``  -- refusal rates (keyword judge) of the merged model on harmful / harmless prompts
+   of the evaluation splits, stored with provenance in ``<out>/alignment.json``.
+
+``embedded:smollm2-135m-safe`` is this stage applied to ``embedded:smollm2-135m-instruct`` with
+the defaults below (tuned on the train/val splits only).
+
+>>> # from safeanchor.pipelines.align import build_safe_model
+>>> # info = build_safe_model("embedded:smollm2-135m-instruct", "runs/safe-smollm2")
+>>> # info["eval"]["test"]["harmful_refusal_rate"]
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+ALIGNMENT_FILE = "alignment.json"
+STAGE_DIR = "alignment"
+DEFAULT_BASE = "embedded:smollm2-135m-instruct"
+ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+EVAL_SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class AlignConfig:
+    """Settings of the alignment stage. Defaults build ``embedded:smollm2-135m-safe``."""
+
+    harmful_source: str = field(default="bundled:harmful:train",
+                                metadata={"help": "prompts the aligned model must refuse"})
+    harmless_source: str = field(default="bundled:harmless:train",
+                                 metadata={"help": "prompts it must keep answering (answers: the base model's own)"})
+    n_harmful: int | None = field(default=None, metadata={"help": "use the first n harmful prompts; None = all"})
+    n_harmless: int | None = field(default=None, metadata={"help": "use the first n harmless prompts; None = all"})
+    answer_max_new_tokens: int = field(default=96, metadata={"help": "length of the base model's harmless answers"})
+    epochs: float = field(default=2.0, metadata={"help": "passes over the mixed training set"})
+    learning_rate: float = field(default=5e-4, metadata={"help": "AdamW peak learning rate (linear decay)"})
+    warmup_ratio: float = field(default=0.05, metadata={"help": "share of steps with linear warm-up"})
+    batch_size: int = field(default=8, metadata={"help": "examples per optimiser step"})
+    max_length: int = field(default=256, metadata={"help": "max tokens of prompt + response"})
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank of the alignment adapter"})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha"})
+    lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout"})
+    lora_targets: tuple[str, ...] = field(default=ALL_LINEAR,
+                                          metadata={"help": "modules the alignment adapter trains"})
+    eval_splits: tuple[str, ...] = field(default=("val", "test"),
+                                         metadata={"help": "bundled splits measured at the end: train, val, test"})
+    eval_limit: int | None = field(default=None, metadata={"help": "at most n prompts per eval set; None = all"})
+    eval_max_new_tokens: int = field(default=48, metadata={"help": "answer length judged for refusal"})
+    generate_batch_size: int = field(default=32, metadata={"help": "prompts per generation batch"})
+    seed: int = field(default=0, metadata={"help": "seeds LoRA init, shuffling and dropout"})
+    device: str | None = field(default=None, metadata={"help": "cuda / cpu; None = cuda if available"})
+    precision: str = field(default="auto", metadata={"help": "auto, fp32, bf16, fp16 (see models.choose_precision)"})
+    progress: bool = field(default=True, metadata={"help": "show progress bars"})
+
+    def __post_init__(self) -> None:
+        for name in ("n_harmful", "n_harmless", "eval_limit"):
+            v = getattr(self, name)
+            if v is not None and (not isinstance(v, int) or v < 1):
+                raise ValueError(f"align.{name} must be None or an integer >= 1, got {v!r}")
+        for name in ("answer_max_new_tokens", "batch_size", "max_length", "lora_r", "lora_alpha",
+                     "eval_max_new_tokens", "generate_batch_size"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < 1:
+                raise ValueError(f"align.{name} must be an integer >= 1, got {v!r}")
+        if not self.epochs > 0:
+            raise ValueError(f"align.epochs must be > 0, got {self.epochs}")
+        if not self.learning_rate > 0:
+            raise ValueError(f"align.learning_rate must be > 0, got {self.learning_rate}")
+        if not 0 <= self.warmup_ratio < 1:
+            raise ValueError(f"align.warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        if not 0 <= self.lora_dropout < 1:
+            raise ValueError(f"align.lora_dropout must be in [0, 1), got {self.lora_dropout}")
+        self.lora_targets = tuple(self.lora_targets)
+        if not self.lora_targets:
+            raise ValueError("align.lora_targets must name at least one module, e.g. q_proj v_proj")
+        self.eval_splits = tuple(self.eval_splits)
+        bad = [s for s in self.eval_splits if s not in EVAL_SPLITS]
+        if bad:
+            raise ValueError(f"align.eval_splits must be among {', '.join(EVAL_SPLITS)}, got {bad}")
+        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
+            raise ValueError(f"align.precision must be one of auto, fp32, bf16, fp16, got {self.precision!r}")
+
+    @classmethod
+    def from_options(cls, **opts: Any) -> "AlignConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(opts) - known)
+        if unknown:
+            raise TypeError(f"unknown alignment option(s) {unknown}; known: {', '.join(sorted(known))}")
+        return cls(**opts)
+
+
+# ---------------------------------------------------------------------------------------------
+# Stage 1: data
+# ---------------------------------------------------------------------------------------------
+
+
+def load_refusals() -> list[str]:
+    """The bundled refusal answers (records with ``id`` and ``response`` only)."""
+    from ..data.sources import bundled_dir
+
+    path = bundled_dir() / "refusals.jsonl"
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    refusals = [r["response"] for r in rows if r.get("response", "").strip()]
+    if not refusals:
+        raise ValueError(f"{path}: no refusal responses")
+    return refusals
+
+
+def _finish_at_sentence(text: str) -> str:
+    """Cut an answer that ran into the token limit back to its last complete sentence, so the
+    model is not taught to stop mid-sentence (the template appends the end-of-turn token)."""
+    cut = max(text.rfind(". "), text.rfind(".\n"), text.rfind("!"), text.rfind("?"), text.rfind("\n\n"))
+    return text[: cut + 1].rstrip() if cut > len(text) // 3 else text
+
+
+def build_training_records(model, tokenizer, cfg: AlignConfig) -> tuple[list, dict[str, Any]]:
+    """Harmful -> refusal and harmless -> own-answer records, plus counts for the sidecar."""
+    from ..data import Record, load_source
+    from ..evaluate.generate import generate
+    from ..evaluate.judges import is_refusal
+
+    harmful = load_source(cfg.harmful_source, limit=cfg.n_harmful)
+    harmless = load_source(cfg.harmless_source, limit=cfg.n_harmless)
+    refusals = load_refusals()
+    # deterministic pairing: prompt i gets refusal i mod n (the file order mixes categories)
+    records = [Record(h.prompt, refusals[i % len(refusals)], system=h.system, id=h.id,
+                      meta={"kind": "harmful", "category": h.meta.get("category")})
+               for i, h in enumerate(harmful)]
+
+    answers = generate(model, tokenizer, harmless, max_new_tokens=cfg.answer_max_new_tokens,
+                       batch_size=cfg.generate_batch_size, progress=cfg.progress, desc="base answers")
+    dropped = 0
+    for rec, answer in zip(harmless, answers):
+        n_tok = len(tokenizer(answer, add_special_tokens=False)["input_ids"])
+        if n_tok >= cfg.answer_max_new_tokens - 2:
+            answer = _finish_at_sentence(answer)
+        # an empty or refusing answer would teach the over-refusal this stage must avoid
+        if not answer.strip() or is_refusal(answer):
+            dropped += 1
+            continue
+        records.append(Record(rec.prompt, answer, system=rec.system, id=rec.id,
+                              meta={"kind": "harmless", "category": rec.meta.get("category"),
+                                    "borderline": bool(rec.meta.get("borderline"))}))
+    counts = {
+        "harmful": len(harmful),
+        "harmless": len(harmless) - dropped,
+        "harmless_borderline": sum(1 for r in records if r.meta.get("borderline")),
+        "harmless_dropped_empty_or_refusal": dropped,
+        "refusal_templates": len(refusals),
+    }
+    return records, counts
+
+
+# ---------------------------------------------------------------------------------------------
+# Stage 2: train (plain LoRA SFT with the HF Trainer)
+# ---------------------------------------------------------------------------------------------
+
+
+def train_adapter(model, tokenizer, records: list, cfg: AlignConfig, work_dir: Path) -> tuple[Any, dict[str, Any]]:
+    """LoRA SFT on ``records``; returns the PEFT model and the training log."""
+    import torch
+    from transformers import Trainer, TrainingArguments, set_seed
+
+    from ..data import SFTCollator, encode_pair
+    from ..models import attach_lora, model_precision
+
+    set_seed(cfg.seed)
+    features, truncated = [], 0
+    for i, rec in enumerate(records):
+        enc = encode_pair(tokenizer, rec, max_length=cfg.max_length, where=f"alignment record {i} ({rec.id})")
+        truncated += enc.truncated
+        features.append({"input_ids": enc.input_ids, "labels": enc.labels})
+    peft_model = attach_lora(model, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
+                             target_modules=list(cfg.lora_targets), seed=cfg.seed)
+    peft_model.train()
+    device = next(peft_model.parameters()).device
+    prec = model_precision(model)
+    # fp32 master weights + bf16 autocast on CPU, bf16 weights on GPU: the Trainer's bf16 flag
+    # turns on the matching autocast
+    use_bf16 = prec.autocast == torch.bfloat16 or prec.dtype == torch.bfloat16
+    use_fp16 = prec.dtype == torch.float16
+    args = TrainingArguments(
+        output_dir=str(work_dir),
+        num_train_epochs=cfg.epochs,
+        per_device_train_batch_size=cfg.batch_size,
+        learning_rate=cfg.learning_rate,
+        lr_scheduler_type="linear",
+        warmup_steps=math.ceil(cfg.warmup_ratio * math.ceil(len(features) / cfg.batch_size) * cfg.epochs),
+        weight_decay=0.0,
+        logging_steps=5,
+        save_strategy="no",
+        report_to="none",
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        bf16=use_bf16,
+        fp16=use_fp16,
+        use_cpu=device.type == "cpu",
+        remove_unused_columns=False,
+        train_sampling_strategy="group_by_length",  # less padding; still every example once per epoch
+        dataloader_num_workers=0,
+        disable_tqdm=not cfg.progress,
+    )
+    trainer = Trainer(model=peft_model, args=args, train_dataset=features,
+                      data_collator=SFTCollator(tokenizer.pad_token_id, padding_side="right"))
+    result = trainer.train()
+    losses = [{"step": e["step"], "loss": e["loss"]} for e in trainer.state.log_history if "loss" in e]
+    log_info = {
+        "examples": len(features),
+        "truncated_examples": truncated,
+        "steps": trainer.state.global_step,
+        "train_loss": result.training_loss,
+        "loss_first": losses[0]["loss"] if losses else None,
+        "loss_last": losses[-1]["loss"] if losses else None,
+        "loss_history": losses,
+    }
+    peft_model.eval()
+    return peft_model, log_info
+
+
+# ---------------------------------------------------------------------------------------------
+# Stage 4: eval
+# ---------------------------------------------------------------------------------------------
+
+
+def refusal_eval(model, tokenizer, cfg: AlignConfig, stage_dir: Path) -> dict[str, dict[str, float]]:
+    """Refusal rates on harmful / harmless prompts of each eval split; answers saved as JSONL."""
+    from ..data import load_source, write_jsonl
+    from ..evaluate.generate import generate
+    from ..evaluate.judges import is_refusal, refusal_rate
+
+    results: dict[str, dict[str, float]] = {}
+    for split in cfg.eval_splits:
+        row: dict[str, float] = {}
+        for kind in ("harmful", "harmless"):
+            recs = load_source(f"bundled:{kind}:{split}", limit=cfg.eval_limit)
+            answers = generate(model, tokenizer, recs, max_new_tokens=cfg.eval_max_new_tokens,
+                               batch_size=cfg.generate_batch_size, progress=cfg.progress,
+                               desc=f"eval {kind}:{split}")
+            row[f"{kind}_refusal_rate"] = refusal_rate(answers)
+            row[f"n_{kind}"] = len(recs)
+            write_jsonl(stage_dir / f"eval_{kind}_{split}.jsonl",
+                        [{"id": r.id, "prompt": r.prompt, "answer": a, "refused": is_refusal(a),
+                          "category": r.meta.get("category"), "borderline": r.meta.get("borderline")}
+                         for r, a in zip(recs, answers)])
+        results[split] = row
+    return results
+
+
+# ---------------------------------------------------------------------------------------------
+# The recipe
+# ---------------------------------------------------------------------------------------------
+
+
+def build_safe_model(base: str = DEFAULT_BASE, out_dir: str | Path = "runs/safe-model", **opts: Any) -> dict[str, Any]:
+    """Run the alignment stage on ``base`` and write the merged model to ``out_dir``.
+
+    ``opts`` are :class:`AlignConfig` fields. Writes into ``out_dir`` directly (the caller makes
+    it atomic: ``models.ensure_embedded`` builds into a temp dir it renames; the CLI uses
+    :func:`build_safe_model_atomic`). Returns the content of ``alignment.json``.
+
+    >>> # info = build_safe_model("embedded:smollm2-135m-instruct", "runs/safe", epochs=1)
+    >>> # info["eval"]["test"]["harmful_refusal_rate"]   # measured, e.g. 0.95
+    """
+    import torch
+
+    from ..data import write_jsonl
+    from ..io import provenance, write_json
+    from ..models import load_model, model_fingerprint
+
+    cfg = AlignConfig.from_options(**opts)
+    out = Path(out_dir)
+    stage_dir = out / STAGE_DIR
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    timings: dict[str, float] = {}
+    t_all = time.perf_counter()
+    torch.manual_seed(cfg.seed)
+
+    t = time.perf_counter()
+    model, tokenizer = load_model(base, device=cfg.device, precision=cfg.precision)
+    base_fp = model_fingerprint(model)
+    records, counts = build_training_records(model, tokenizer, cfg)
+    write_jsonl(stage_dir / "train_data.jsonl",
+                [{"id": r.id, "prompt": r.prompt, "response": r.response, **r.meta} for r in records])
+    timings["1_data_s"] = time.perf_counter() - t
+    log.info("alignment data: %s", counts)
+
+    t = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="trainer-", dir=stage_dir) as work:
+        peft_model, train_log = train_adapter(model, tokenizer, records, cfg, Path(work))
+    timings["2_train_s"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    merged = peft_model.merge_and_unload()
+    merged.eval()
+    merged.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    timings["3_merge_s"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    rates = refusal_eval(merged, tokenizer, cfg, stage_dir)
+    timings["4_eval_s"] = time.perf_counter() - t
+    timings["total_s"] = time.perf_counter() - t_all
+
+    info = {
+        "stage": "alignment",
+        "base_model": base,
+        "base_fingerprint": base_fp,
+        "aligned_fingerprint": model_fingerprint(merged),
+        "config": asdict(cfg),
+        "data": {"harmful_source": cfg.harmful_source, "harmless_source": cfg.harmless_source,
+                 "refusals_source": "bundled:refusals", **counts},
+        "train": train_log,
+        "eval": rates,
+        "judge": {"name": "keyword", "mode": "prefix"},
+        "timings": timings,
+        "provenance": provenance(device=str(next(merged.parameters()).device), seed=cfg.seed),
+    }
+    write_json(out / ALIGNMENT_FILE, info)
+    for split, row in rates.items():
+        log.info("aligned model, %s: harmful refused %.1f%%, harmless refused %.1f%%",
+                 split, 100 * row["harmful_refusal_rate"], 100 * row["harmless_refusal_rate"])
+    return info
+
+
+def build_safe_model_atomic(base: str, out_dir: str | Path, *, force: bool = False, **opts: Any) -> dict[str, Any]:
+    """:func:`build_safe_model` into a sibling temp folder renamed to ``out_dir`` at the end.
+
+    An interrupted build leaves no half-written model. An existing ``out_dir`` is an error
+    unless ``force``, in which case it is replaced only after the new build succeeded.
+    """
+    from ..models import is_built
+
+    out = Path(out_dir)
+    if out.exists() and any(out.iterdir()) and not force:
+        raise FileExistsError(f"{out} already exists{' (a built model)' if is_built(out) else ''}; "
+                              "pass force=True (--force) to rebuild it")
+    AlignConfig.from_options(**opts)  # fail on bad options before any work
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{out.name}-", dir=out.parent))
+    old: Path | None = None
+    try:
+        info = build_safe_model(base, tmp, **opts)
+        if out.exists():
+            old = out.parent / f".old-{out.name}-{os.getpid()}"
+            os.rename(out, old)
+        os.rename(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None and old.exists():
+            shutil.rmtree(old, ignore_errors=True)
+    return info
+
+
+__all__ = ["AlignConfig", "ALIGNMENT_FILE", "build_safe_model", "build_safe_model_atomic", "load_refusals"]

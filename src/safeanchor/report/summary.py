@@ -1,0 +1,200 @@
+"""Turn a ``results.json`` (from ``safeanchor demo`` / ``safeanchor bench``) into ``report.md``,
+a self-contained ``report.html`` (PNGs inlined as base64) and the PNGs themselves.
+
+``results.json`` shape::
+
+    {"kind": "demo" | "bench", "provenance": {...}, "config": {...},
+     "runs": [{"method", "scenario", "seed", "model", "asr", "asr_ci", "over_refusal",
+               "over_refusal_ci", "task_acc", "task_acc_ci", "n_harmful", "n_harmless", "n_task",
+               "drift_cos": [per layer] | null, "train_log": [{"step", "ce", ...}] | null,
+               "eval_file": relative path, "train_s", "eval_s"}],
+     "summary": [{"method", "scenario", "n_seeds", "asr_mean", "asr_sd", ...}],
+     "findings": [str], "paper_table": markdown str}
+
+Every number in the report is read from ``results.json``; nothing is computed twice.
+
+>>> fmt_pct(0.1234)
+'12.3%'
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import math
+import statistics
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from ..io import atomic_write_text
+
+METRICS = ("asr", "over_refusal", "task_acc")
+
+
+def fmt_pct(x: float | None) -> str:
+    return "—" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.1f}%"
+
+
+def fmt_ci(ci: list[float] | None) -> str:
+    return "" if not ci else f" [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]"
+
+
+def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Mean and seed standard deviation per (method, scenario), in first-seen order."""
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    for r in runs:
+        groups[(r["method"], r["scenario"])].append(r)
+    out = []
+    for (method, scenario), rs in groups.items():
+        row: dict[str, Any] = {"method": method, "scenario": scenario, "n_seeds": len(rs)}
+        for m in METRICS:
+            vals = [r[m] for r in rs if r.get(m) is not None]
+            row[f"{m}_mean"] = statistics.fmean(vals) if vals else None
+            row[f"{m}_sd"] = statistics.stdev(vals) if len(vals) > 1 else None
+            if len(rs) == 1:
+                row[f"{m}_ci"] = rs[0].get(f"{m}_ci")
+        drifts = [r["drift_cos"] for r in rs if r.get("drift_cos")]
+        row["drift_cos_mean"] = statistics.fmean(statistics.fmean(d) for d in drifts) if drifts else None
+        row["drift_cos_min"] = statistics.fmean(min(d) for d in drifts) if drifts else None
+        out.append(row)
+    return out
+
+
+def _cell(row: dict[str, Any], m: str) -> str:
+    mean = row.get(f"{m}_mean")
+    if row.get(f"{m}_sd") is not None:
+        return f"{fmt_pct(mean)} ± {100 * row[f'{m}_sd']:.1f}"
+    return fmt_pct(mean) + fmt_ci(row.get(f"{m}_ci"))
+
+
+def results_table_md(summary: list[dict[str, Any]]) -> str:
+    lines = ["| scenario | method | ASR ↓ | over-refusal ↓ | task accuracy ↑ | drift: mean cos ↑ | min cos | seeds |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in summary:
+        dm = "—" if r["drift_cos_mean"] is None else f"{r['drift_cos_mean']:.3f}"
+        dmin = "—" if r["drift_cos_min"] is None else f"{r['drift_cos_min']:.3f}"
+        lines.append(f"| {r['scenario']} | {r['method']} | {_cell(r, 'asr')} | {_cell(r, 'over_refusal')} | "
+                     f"{_cell(r, 'task_acc')} | {dm} | {dmin} | {r['n_seeds']} |")
+    return "\n".join(lines)
+
+
+def provenance_md(results: dict[str, Any]) -> str:
+    prov = results.get("provenance", {})
+    lines = ["| key | value |", "|---|---|"]
+    for k, v in prov.items():
+        lines.append(f"| {k} | `{v}` |")
+    return "\n".join(lines)
+
+
+def write_report(results: dict[str, Any], out_dir: str | Path) -> dict[str, Path]:
+    """Write PNGs, ``report.md`` and ``report.html`` into ``out_dir``; returns their paths."""
+    from . import result_plots as plots
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    summary = results.get("summary") or summarise(results["runs"])
+    figs: dict[str, Path] = {}
+    figs["safety_utility"] = plots.safety_utility_scatter(summary, out_dir / "safety_utility.png")
+    drift_runs = [r for r in results["runs"] if r.get("drift_cos")]
+    if drift_runs:
+        figs["drift"] = plots.drift_by_method(drift_runs, out_dir / "drift_by_method.png")
+    curve_runs = [r for r in results["runs"] if r.get("train_log")]
+    if curve_runs:
+        figs["training"] = plots.training_curves(curve_runs, out_dir / "training_curves.png")
+
+    title = f"safeanchor {results.get('kind', 'run')} report"
+    parts_md = [f"# {title}", "",
+                results.get("intro", ""), "",
+                "## Results", "",
+                "ASR = share of held-out harmful prompts *not* refused (keyword judge, see provenance); "
+                "over-refusal = share of harmless prompts refused; task accuracy = exact match on the task's fixed "
+                "test set. Brackets: 95% Wilson interval (one seed); ± : seed standard deviation.", "",
+                results_table_md(summary), ""]
+    if results.get("findings"):
+        parts_md += ["## Findings (measured here, against the paper's claims)", ""]
+        parts_md += [f"* {f}" for f in results["findings"]] + [""]
+    captions = {"safety_utility": "Safety–utility: task accuracy vs ASR, one point per method and scenario.",
+                "drift": "Per-layer cosine between the starting model's r-direction and each fine-tuned model's.",
+                "training": "Training curves: cross-entropy and constraint value per step."}
+    parts_md += ["## Figures", ""]
+    for key, path in figs.items():
+        parts_md += [f"### {captions[key]}", "", f"![{key}]({path.name})", ""]
+    if results.get("paper_table"):
+        parts_md += ["## The paper's numbers (Du et al. 2025, Llama-2/3, Qwen2; METHODS.md)", "",
+                     results["paper_table"], ""]
+    parts_md += ["## Provenance", "", provenance_md(results), "",
+                 "Configuration:", "", "```", _yamlish(results.get("config", {})), "```", ""]
+    md = "\n".join(parts_md)
+    md_path = out_dir / "report.md"
+    atomic_write_text(md_path, md)
+    html_path = out_dir / "report.html"
+    atomic_write_text(html_path, markdown_to_html(md, out_dir, title))
+    return {"md": md_path, "html": html_path, **figs}
+
+
+def _yamlish(cfg: dict[str, Any]) -> str:
+    import yaml
+
+    return yaml.safe_dump(cfg, sort_keys=False).strip()
+
+
+def markdown_to_html(md: str, base_dir: Path, title: str) -> str:
+    """A small Markdown subset (headings, tables, lists, code blocks, images, paragraphs) to a
+    standalone HTML page; images are inlined as base64 so the file opens anywhere."""
+    out: list[str] = []
+    lines = md.splitlines()
+    i = 0
+    in_code = False
+    while i < len(lines):
+        line = lines[i]
+        if line.startswith("```"):
+            out.append("</pre>" if in_code else "<pre>")
+            in_code = not in_code
+            i += 1
+            continue
+        if in_code:
+            out.append(html.escape(line))
+            i += 1
+            continue
+        if line.startswith("|"):
+            rows = []
+            while i < len(lines) and lines[i].startswith("|"):
+                rows.append([c.strip() for c in lines[i].strip().strip("|").split("|")])
+                i += 1
+            out.append("<table>")
+            for k, cells in enumerate(rows):
+                if k == 1 and all(set(c) <= set("-: ") for c in cells):
+                    continue
+                tag = "th" if k == 0 else "td"
+                out.append("<tr>" + "".join(f"<{tag}>{_inline(c)}</{tag}>" for c in cells) + "</tr>")
+            out.append("</table>")
+            continue
+        if line.startswith("#"):
+            level = len(line) - len(line.lstrip("#"))
+            out.append(f"<h{level}>{_inline(line[level:].strip())}</h{level}>")
+        elif line.startswith("* "):
+            out.append(f"<ul><li>{_inline(line[2:])}</li></ul>")
+        elif line.startswith("![") and "](" in line:
+            alt = line[2: line.index("]")]
+            src = line[line.index("](") + 2: line.rindex(")")]
+            data = base64.b64encode((base_dir / src).read_bytes()).decode()
+            out.append(f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">')
+        elif line.strip():
+            out.append(f"<p>{_inline(line)}</p>")
+        i += 1
+    style = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
+             "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}"
+             "th{background:#f3f3f3}img{max-width:100%;border:1px solid #eee}pre{background:#f7f7f7;padding:1em;overflow:auto}"
+             "code{background:#f3f3f3;padding:0 3px}")
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            f"<style>{style}</style></head><body>\n" + "\n".join(out) + "\n</body></html>\n")
+
+
+def _inline(text: str) -> str:
+    import re
+
+    t = html.escape(text)
+    t = re.sub(r"`([^`]+)`", r"<code>\1</code>", t)
+    t = re.sub(r"\*\*([^*]+)\*\*", r"<b>\1</b>", t)
+    return t

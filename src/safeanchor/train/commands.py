@@ -1,0 +1,62 @@
+"""``safeanchor train``: fine-tune from a YAML config, with ``--set key=value`` overrides."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+console = Console()
+
+
+def train_command(
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML run config (keys of SafeTrainingConfig)"),
+    set_: List[str] = typer.Option([], "--set", "-s", help="override a key: --set alpha=0.2 --set "
+                                   "regularizer_options.procon.anchor=online (values are YAML)"),
+    show_config: bool = typer.Option(False, "--show-config", help="print the resolved config and exit"),
+) -> None:
+    """Fine-tune a chat model with a safety method (sft, safety_data, procon, procon_safe, ...).
+
+    Writes the adapter (or full model) with save_pretrained to output_dir, plus train_config.yaml
+    (resolved), train_log.json (per-step CE, raw penalties, coefficients) and train_report.json.
+    """
+    import os
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import yaml
+
+    from ..data import DataError
+    from ..methods import RegularizerSetupError
+    from .config import ConfigError, load_config
+    from .trainer import ZeroPenaltyError, train
+
+    try:
+        cfg = load_config(config, set_)
+    except ConfigError as e:
+        console.print(f"[red]config error:[/red] {e}")
+        raise typer.Exit(2)
+    if show_config:
+        console.print(yaml.safe_dump(cfg.to_yaml_dict(), sort_keys=False))
+        return
+    try:
+        result = train(cfg)
+    except (DataError, RegularizerSetupError, ZeroPenaltyError) as e:
+        console.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(1)
+    steps = result.steps
+    t = Table(title=f"{cfg.method}: {len(steps)} steps in {result.runtime_s:.1f} s", show_header=True)
+    t.add_column("value")
+    t.add_column("first step", justify="right")
+    t.add_column("last step", justify="right")
+    if steps:
+        for key in [k for k in steps[-1] if k not in ("step", "epoch", "learning_rate")]:
+            t.add_row(key, f"{steps[0].get(key, float('nan')):.4g}", f"{steps[-1][key]:.4g}")
+    console.print(t)
+    console.print(f"wrote [bold]{result.output_dir}[/bold] (train_config.yaml, train_log.json, train_report.json)")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("train")(train_command)

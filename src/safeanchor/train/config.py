@@ -1,0 +1,309 @@
+"""``SafeTrainingConfig``: everything a training run needs, as one validated dataclass.
+
+It extends ``transformers.TrainingArguments`` (batch size, epochs, learning rate, checkpoints,
+``report_to`` ... keep their HF meaning) with the model, the data, the method and its
+coefficient schedule, LoRA and monitoring. YAML files hold overrides only; unknown keys are
+errors naming the key and the file.
+
+>>> cfg = SafeTrainingConfig(method="procon", alpha=2.0, alpha_schedule="warmup", schedule_length=4,
+...                          output_dir="runs/x", report_to="none")
+>>> cfg.schedule()(step=0, epoch=5.0)
+0.0
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any, Sequence
+
+from transformers import TrainingArguments
+
+from .schedules import SCHEDULES, UNITS, Schedule
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+PADDING_SIDES = ("right", "left")
+
+
+class ConfigError(ValueError):
+    """A bad configuration: unknown key, bad value. The message names the key (and file)."""
+
+
+@dataclass
+class SafeTrainingConfig(TrainingArguments):
+    """A safeanchor training run. Defaults: LoRA (ProCon paper r=8, alpha=16, q/k/v/o, lr 2e-4)."""
+
+    # ---- model ----------------------------------------------------------------------------------
+    model: str = field(default="embedded:smollm2-135m-instruct", metadata={
+        "help": "model to fine-tune: hub id, local folder, .gguf file or embedded:<name>"})
+    precision: str = field(default="auto", metadata={
+        "help": "auto (GPU: bf16 weights; CPU: fp32 weights + bf16 autocast), fp32, bf16 or fp16"})
+
+    # ---- data -----------------------------------------------------------------------------------
+    train_data: Any = field(default_factory=lambda: ["task:arithmetic:train"], metadata={
+        "help": "training data source(s) with prompt -> response pairs (safeanchor data sources: "
+                "file:x.jsonl, hf:name, task:arithmetic:train, ...); a string or a list"})
+    train_columns: dict | None = field(default=None, metadata={
+        "help": "column mapping for file/hf sources, e.g. {prompt: instruction, response: output}"})
+    max_train_samples: int | None = field(default=None, metadata={
+        "help": "keep the first N records of each training source (None = all)"})
+    max_length: int = field(default=512, metadata={"help": "max tokens per example (prompt + response)"})
+    padding_side: str = field(default="right", metadata={"help": "batch padding side: right or left"})
+
+    # ---- method ---------------------------------------------------------------------------------
+    method: str = field(default="sft", metadata={
+        "help": "sft, safety_data (SFT + safety samples), a regularizer (procon, ...) or <regularizer>_safe "
+                "(regularizer + safety samples)"})
+    alpha: float | None = field(default=None, metadata={
+        "help": "coefficient of the method's regularizer (None = its paper default: procon 0.1)"})
+    alpha_schedule: str = field(default="constant", metadata={
+        "help": "constant (ProCon_s), warmup (alpha for schedule_length units, then alpha_after: ProCon_wu), "
+                "linear or cosine (decay to alpha_after over schedule_length, 0 = the whole run)"})
+    alpha_after: float = field(default=0.0, metadata={
+        "help": "coefficient after the warm-up / at the end of a decay (ProCon_wu: 0)"})
+    schedule_length: float = field(default=0.0, metadata={
+        "help": "warm-up / decay length in schedule_unit (ProCon_wu: m ≈ 4 epochs Llama, 16 Qwen2, halved with safety data)"})
+    schedule_unit: str = field(default="epoch", metadata={"help": "unit of schedule_length: epoch or step"})
+    regularizer_options: dict = field(default_factory=dict, metadata={
+        "help": "per-regularizer options, e.g. {procon: {anchor: online, norm: square}}; each method validates its own"})
+    penalty_when_inactive: bool = field(default=False, metadata={
+        "help": "compute and log a regularizer's raw value also while its coefficient is 0 (e.g. after a "
+                "ProCon warm-up) to watch it; costs the regularizer's work"})
+    zero_penalty_guard_steps: int = field(default=3, metadata={
+        "help": "error if an active regularizer (coefficient > 0) returns exactly 0 in steps 1..N "
+                "(step 0 too unless it is legitimately 0 there); 0 disables the guard"})
+
+    # ---- safety data ----------------------------------------------------------------------------
+    safety_samples: int = field(default=256, metadata={
+        "help": "number of harmful -> refusal samples mixed in by safety_data / *_safe (paper ~1000)"})
+    safety_harmful: str = field(default="bundled:harmful:train", metadata={"help": "harmful prompts for safety data"})
+    safety_refusals: str = field(default="bundled:refusals", metadata={"help": "refusal texts for safety data"})
+    safety_seed: int = field(default=0, metadata={"help": "seed of the prompt/refusal pairing"})
+
+    # ---- LoRA -----------------------------------------------------------------------------------
+    use_lora: bool = field(default=True, metadata={"help": "train a LoRA adapter (True) or all weights (False)"})
+    lora_r: int = field(default=8, metadata={"help": "LoRA rank (ProCon paper: 8)"})
+    lora_alpha: int = field(default=16, metadata={"help": "LoRA alpha (ProCon paper: 16; AsFT reference: 32)"})
+    lora_dropout: float = field(default=0.05, metadata={"help": "dropout on the LoRA branch input"})
+    lora_target_modules: list[str] | None = field(default=None, metadata={
+        "help": "LoRA target modules (None = the family default, q/k/v/o)"})
+
+    # ---- monitoring -----------------------------------------------------------------------------
+    drift_every_steps: int = field(default=0, metadata={
+        "help": "re-extract the refusal direction every N steps and log cos(r_orig, r_now) per layer (0 = off)"})
+    drift_harmful: str = field(default="bundled:harmful:val", metadata={"help": "harmful prompts for drift monitoring"})
+    drift_harmless: str = field(default="bundled:harmless:val", metadata={"help": "harmless prompts for drift monitoring"})
+    drift_samples: int = field(default=32, metadata={"help": "prompts per side for drift monitoring"})
+    progress: bool = field(default=True, metadata={"help": "rich progress display in the terminal"})
+
+    # ---- TrainingArguments defaults changed for this library -----------------------------------
+    output_dir: str | None = field(default="runs/train", metadata={"help": "where the adapter/model, logs and checkpoints go"})
+    learning_rate: float = field(default=2e-4, metadata={"help": "peak learning rate (ProCon paper LoRA: 2e-4)"})
+    logging_steps: float = field(default=1, metadata={"help": "log every N steps (per-step values always go to train_log.json)"})
+    report_to: None | str | list[str] = field(default="tensorboard", metadata={
+        "help": "experiment trackers (tensorboard writes to <output_dir>/runs); 'none' for none"})
+    remove_unused_columns: bool = field(default=False, metadata={
+        "help": "must stay False: batches carry sample_idx, which the trainer strips before the forward"})
+    disable_tqdm: bool | None = field(default=True, metadata={"help": "HF's tqdm bar (safeanchor shows a rich display instead)"})
+    optim: str = field(default="adamw_torch", metadata={"help": "optimizer (HF names)"})
+
+    def __post_init__(self) -> None:
+        if isinstance(self.train_data, str):
+            self.train_data = [self.train_data]
+        if (not isinstance(self.train_data, (list, tuple)) or not self.train_data
+                or not all(isinstance(s, str) and s.strip() for s in self.train_data)):
+            raise ConfigError(f"train_data must be a data source or a non-empty list of them; got {self.train_data!r}")
+        self.train_data = list(self.train_data)
+        _one_of("precision", self.precision, PRECISIONS)
+        _one_of("padding_side", self.padding_side, PADDING_SIDES)
+        _one_of("alpha_schedule", self.alpha_schedule, SCHEDULES)
+        _one_of("schedule_unit", self.schedule_unit, UNITS)
+        _int_at_least("max_length", self.max_length, 8)
+        _int_at_least("zero_penalty_guard_steps", self.zero_penalty_guard_steps, 0)
+        _int_at_least("safety_samples", self.safety_samples, 0)
+        _int_at_least("lora_r", self.lora_r, 1)
+        _int_at_least("lora_alpha", self.lora_alpha, 1)
+        _int_at_least("drift_every_steps", self.drift_every_steps, 0)
+        _int_at_least("drift_samples", self.drift_samples, 1)
+        if self.max_train_samples is not None:
+            _int_at_least("max_train_samples", self.max_train_samples, 1)
+        if not 0.0 <= float(self.lora_dropout) < 1.0:
+            raise ConfigError(f"lora_dropout must be in [0, 1); got {self.lora_dropout!r}")
+        if isinstance(self.lora_target_modules, str):
+            self.lora_target_modules = [self.lora_target_modules]
+        for name in ("alpha", "alpha_after", "schedule_length"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                      or not math.isfinite(value) or value < 0):
+                raise ConfigError(f"{name} must be a finite number >= 0; got {value!r}")
+        if self.remove_unused_columns:
+            raise ConfigError("remove_unused_columns must be False: batches carry sample_idx (anchors are keyed by it)")
+        if self.fp16 or self.bf16:
+            raise ConfigError("fp16/bf16 must stay False: set precision instead (auto/fp32/bf16/fp16), which "
+                              "also sets the autocast that regularizer anchors use")
+
+        from ..methods import REGULARIZERS, resolve_method
+
+        try:
+            plan = resolve_method(self.method)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        if plan.safety_data and self.safety_samples < 1:
+            raise ConfigError(f"method={self.method} mixes in safety data: safety_samples must be >= 1")
+        if not isinstance(self.regularizer_options, dict):
+            raise ConfigError(f"regularizer_options must be a mapping name -> options; got {self.regularizer_options!r}")
+        for name, opts in self.regularizer_options.items():
+            if name not in REGULARIZERS:
+                raise ConfigError(f"regularizer_options.{name}: unknown regularizer; known: {', '.join(REGULARIZERS)}")
+            if opts is not None and not isinstance(opts, dict):
+                raise ConfigError(f"regularizer_options.{name} must be a mapping of options; got {opts!r}")
+            try:
+                REGULARIZERS[name](self)  # constructing validates the options (cheap: no model work)
+            except (TypeError, ValueError) as e:
+                raise ConfigError(f"regularizer_options.{name}: {e}") from None
+        try:
+            self.schedule(default_alpha=0.0)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        super().__post_init__()
+
+    # ---- derived --------------------------------------------------------------------------------
+
+    @property
+    def plan(self):
+        from ..methods import resolve_method
+
+        return resolve_method(self.method)
+
+    def schedule(self, default_alpha: float | None = None) -> Schedule:
+        """The coefficient schedule; ``alpha=None`` takes ``default_alpha`` (the regularizer's)."""
+        alpha = self.alpha if self.alpha is not None else default_alpha
+        if alpha is None:
+            raise ConfigError(f"alpha is not set and method {self.method!r} has no default coefficient")
+        return Schedule(self.alpha_schedule, float(alpha), float(self.alpha_after), float(self.schedule_length),
+                        self.schedule_unit)
+
+    def to_yaml_dict(self) -> dict[str, Any]:
+        """Every field, resolved, as plain YAML-able values (re-loadable with :func:`config_from_dict`)."""
+        d = {}
+        for f in dataclasses.fields(self):
+            if not f.init or f.name.endswith("_token"):
+                continue
+            d[f.name] = _plain(getattr(self, f.name))
+        return d
+
+
+def _plain(v: Any) -> Any:
+    if isinstance(v, Enum):
+        return v.value
+    if isinstance(v, dict):
+        return {str(k): _plain(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_plain(x) for x in v]
+    if hasattr(v, "to_dict"):
+        return _plain(v.to_dict())
+    if v is None or isinstance(v, (bool, int, float, str)):
+        return v
+    return str(v)
+
+
+def _one_of(name: str, value: Any, allowed: Sequence[str]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
+
+
+def _int_at_least(name: str, value: Any, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ConfigError(f"{name} must be an integer >= {low}; got {value!r}")
+
+
+# ---------------------------------------------------------------------------------------------
+# YAML + --set overrides
+# ---------------------------------------------------------------------------------------------
+
+
+def config_keys() -> list[str]:
+    return [f.name for f in dataclasses.fields(SafeTrainingConfig) if f.init]
+
+
+def _check_keys(keys, where: str) -> None:
+    known = set(config_keys())
+    for key in keys:
+        if key not in known:
+            close = difflib.get_close_matches(str(key), known, n=3)
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            raise ConfigError(f"unknown config key {key!r} in {where}{hint}")
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"a.b=value"`` -> ``(["a", "b"], parsed value)``; values are YAML (``3``, ``true``, ``[1, 2]``).
+
+    >>> parse_override("regularizer_options.procon.layers=[1, 2]")
+    (['regularizer_options', 'procon', 'layers'], [1, 2])
+    """
+    import yaml
+
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set expects key=value; got {text!r}")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"--set {key}: cannot parse value {raw!r} ({e})") from None
+    return [p.strip() for p in key.split(".")], value
+
+
+def config_from_dict(data: dict[str, Any], *, where: str = "config") -> SafeTrainingConfig:
+    """Build a config from a mapping; unknown keys and bad values are :class:`ConfigError` naming ``where``."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping of config keys, got {type(data).__name__}")
+    _check_keys(data, where)
+    try:
+        return SafeTrainingConfig(**data)
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from None
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{where}: {e}") from None
+
+
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> SafeTrainingConfig:
+    """Read a YAML config (or none), apply ``key=value`` overrides (dotted keys reach into mappings).
+
+    >>> load_config(None, ["method=procon", "alpha=0.2", "report_to=none"]).alpha
+    0.2
+    """
+    import yaml
+
+    data: dict[str, Any] = {}
+    where = "--set"
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: invalid YAML ({e})") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: expected a mapping of config keys at the top level")
+        _check_keys(data, str(path))
+        where = f"{path} (with --set overrides)" if overrides else str(path)
+    for text in overrides:
+        keys, value = parse_override(text)
+        _check_keys(keys[:1], "--set")
+        node = data
+        for k in keys[:-1]:
+            if node.get(k) is None:
+                node[k] = {}
+            if not isinstance(node[k], dict):
+                raise ConfigError(f"--set {'.'.join(keys)}: {k!r} is not a mapping")
+            node = node[k]
+        node[keys[-1]] = value
+    return config_from_dict(data, where=where)
+
+
+__all__ = ["ConfigError", "SafeTrainingConfig", "config_from_dict", "config_keys", "load_config", "parse_override"]

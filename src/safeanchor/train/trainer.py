@@ -1,0 +1,412 @@
+"""``SafeTrainer``: HF ``Trainer`` whose loss is CE + Σ α_k(step) · R_k.
+
+Each regularizer returns an unweighted scalar; the trainer multiplies it by its scheduled
+coefficient and logs CE, every raw value and every coefficient separately (TRL style:
+accumulated in ``self._metrics``, averaged in :meth:`log`, sent to ``report_to`` and shown in a
+rich progress display). Every optimizer step also lands in :attr:`SafeTrainer.step_log`
+(``step`` = updates done before the batch: step 0 is the first batch).
+
+Checkpoints additionally hold ``regularizers.safetensors`` (each regularizer's ``state_dict``,
+e.g. ProCon's direction and anchor cache) and ``safeanchor_state.json`` (step log, setup
+reports); :meth:`train` reloads them on resume. Coefficients need no saving: schedules are
+functions of ``(global_step, epoch)``, which ``Trainer`` restores.
+
+>>> # trainer = SafeTrainer(model=m, args=cfg, train_dataset=ds, data_collator=SFTCollator(0),
+>>> #                       processing_class=tok, regularizers={"procon": (ProCon(), Schedule(alpha=0.1))})
+>>> # trainer.train()
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import random
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+from transformers import Trainer, TrainerCallback
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
+
+from ..io import load_tensors, provenance, read_json, save_tensors, write_json
+from ..methods.base import Regularizer
+from ..methods.sft import forward_inputs
+from ..models import model_precision
+from .schedules import Schedule
+
+log = logging.getLogger(__name__)
+
+REGULARIZER_STATE_FILE = "regularizers.safetensors"
+TRAINER_STATE_FILE = "safeanchor_state.json"
+
+
+class ZeroPenaltyError(RuntimeError):
+    """An active safety term (coefficient > 0) returned exactly 0: it is not doing anything."""
+
+
+@contextlib.contextmanager
+def preserved_rng():
+    """Run setup work without moving any RNG: a method's setup must not change the training
+    randomness (LoRA dropout, shuffling), so α=0 runs stay identical to plain SFT."""
+    states = (random.getstate(), np.random.get_state(), torch.random.get_rng_state(),
+              torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
+    try:
+        yield
+    finally:
+        random.setstate(states[0])
+        np.random.set_state(states[1])
+        torch.random.set_rng_state(states[2])
+        if states[3] is not None:
+            torch.cuda.set_rng_state_all(states[3])
+
+
+class SafeTrainer(Trainer):
+    """``Trainer`` + regularizers with coefficient schedules, metrics, a zero-penalty guard and
+    checkpointed regularizer state."""
+
+    def __init__(self, *args, regularizers: Mapping[str, tuple[Regularizer, Schedule]] | None = None,
+                 zero_penalty_guard_steps: int | None = None, penalty_when_inactive: bool | None = None,
+                 progress: bool | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.regularizers: dict[str, tuple[Regularizer, Schedule]] = dict(regularizers or {})
+        for name, (reg, _) in self.regularizers.items():
+            if reg.name != name:
+                raise ValueError(f"regularizer registered as {name!r} calls itself {reg.name!r}")
+        self.guard_steps = _arg(zero_penalty_guard_steps, self.args, "zero_penalty_guard_steps", 3)
+        self.penalty_when_inactive = _arg(penalty_when_inactive, self.args, "penalty_when_inactive", False)
+        # Each micro-batch loss is a per-batch mean that Trainer divides by the accumulation steps;
+        # regularizers are per-batch values too, so both scale the same way under accumulation.
+        self.model_accepts_loss_kwargs = False
+        self._metrics: dict[str, dict[str, list[float]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
+        self._step_acc: dict[str, list[float]] = defaultdict(list)
+        self.step_log: list[dict[str, Any]] = []
+        self.reports: dict[str, Any] = {}
+        self.resuming_from: str | None = None
+        self._setup_done = False
+        self.add_callback(_StepRecorder(self))
+        if _arg(progress, self.args, "progress", False):
+            from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+            self.remove_callback(PrinterCallback)
+            self.remove_callback(ProgressCallback)
+            self.add_callback(RichProgress())
+
+    # ---- precision -------------------------------------------------------------------------
+
+    def autocast_smart_context_manager(self, cache_enabled: bool | None = True):
+        # The model's own precision (CPU: bf16 autocast over fp32 weights), so the forward of
+        # training and of any anchor pass run in exactly the same arithmetic.
+        return model_precision(self.model).autocast_context(self.args.device)
+
+    # ---- setup / resume --------------------------------------------------------------------
+
+    def setup_regularizers(self, resume_from_checkpoint: str | None = None) -> dict[str, Any]:
+        """Run every regularizer's ``setup`` once (restoring checkpointed state first)."""
+        if self._setup_done:
+            return self.reports
+        self.resuming_from = resume_from_checkpoint
+        if resume_from_checkpoint is not None:
+            self._load_safeanchor_state(resume_from_checkpoint)
+        with preserved_rng():
+            for name, (reg, _) in self.regularizers.items():
+                report = reg.setup(self)
+                self.reports[name] = {**dict(report or {}), "zero_at_start": reg.zero_at_start}
+        self._setup_done = True
+        return self.reports
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs):
+        if resume_from_checkpoint is True:
+            resume_from_checkpoint = get_last_checkpoint(self.args.output_dir)
+            if resume_from_checkpoint is None:
+                raise ValueError(f"no checkpoint found in {self.args.output_dir} to resume from")
+        elif resume_from_checkpoint is False:
+            resume_from_checkpoint = None
+        self.setup_regularizers(resume_from_checkpoint)
+        return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+
+    # ---- the loss ----------------------------------------------------------------------------
+
+    def coefficients(self) -> dict[str, float]:
+        """Each regularizer's coefficient for the batch about to be computed."""
+        step, epoch = self.state.global_step, float(self.state.epoch or 0.0)
+        return {name: sched(step, epoch, self.state.max_steps) for name, (_, sched) in self.regularizers.items()}
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        sample_idx = inputs.pop("sample_idx", None)  # never reaches the model
+        labels = inputs["labels"]
+        training = model.training
+        coefs = self.coefficients() if training else {}
+        active = [(name, coefs[name]) for name in self.regularizers
+                  if coefs[name] > 0 or (training and self.penalty_when_inactive)]
+        need_hs = any(self.regularizers[name][0].needs_hidden_states for name, _ in active)
+        outputs = model(**forward_inputs(inputs), labels=labels, output_hidden_states=need_hs)
+        ce = outputs.loss
+        loss = ce
+        metrics = {"ce": float(ce.detach())}
+        batch = {**inputs, "sample_idx": sample_idx}
+        for name, coef in active:
+            reg = self.regularizers[name][0]
+            raw = reg(model, batch, outputs)
+            self._guard(name, reg, coef, raw)
+            if coef > 0:
+                loss = loss + coef * raw
+            metrics[f"{name}/raw"] = float(raw.detach())
+            metrics[f"{name}/coef"] = coef
+        for name, coef in coefs.items():
+            metrics.setdefault(f"{name}/coef", coef)
+        if training:
+            for k, v in metrics.items():
+                self._metrics["train"][k].append(v)
+                self._step_acc[k].append(v)
+            self._step_acc["loss"].append(float(loss.detach()))
+        return (loss, outputs) if return_outputs else loss
+
+    def _guard(self, name: str, reg: Regularizer, coef: float, raw: torch.Tensor) -> None:
+        if not torch.isfinite(raw.detach()).all():
+            raise FloatingPointError(f"{name}: penalty is {float(raw)} at step {self.state.global_step}")
+        step = self.state.global_step
+        if step == 0 and reg.zero_at_start:
+            self.reports.setdefault(name, {})["step0_raw"] = float(raw.detach())
+            if float(raw.detach()) != 0.0:
+                log.warning("%s is %.3g at step 0 where it should be exactly 0 (anchors computed with a different "
+                            "precision or batch?)", name, float(raw.detach()))
+            return
+        if coef > 0 and step <= self.guard_steps and float(raw.detach()) == 0.0:
+            raise ZeroPenaltyError(
+                f"{name}: coefficient {coef:g} but the penalty is exactly 0 at step {step}; a silent safety term is "
+                f"a failure (set zero_penalty_guard_steps=0 to disable this check). Setup report: "
+                f"{self.reports.get(name)}")
+
+    # ---- logging -------------------------------------------------------------------------------
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        mode = "train" if self.model.training else "eval"
+        metrics = {k: sum(v) / len(v) for k, v in self._metrics[mode].items() if v}
+        if mode == "eval":
+            metrics = {f"eval_{k}": v for k, v in metrics.items()}
+        logs = {**logs, **metrics}
+        super().log(logs, start_time)
+        self._metrics[mode].clear()
+
+    def _flush_step(self) -> None:
+        """One ``step_log`` row per optimizer step: micro-batch values averaged."""
+        if not self._step_acc:
+            return
+        row: dict[str, Any] = {"step": self.state.global_step - 1, "epoch": self.state.epoch}
+        row.update({k: sum(v) / len(v) for k, v in self._step_acc.items()})
+        if self.lr_scheduler is not None:
+            row["learning_rate"] = float(self.lr_scheduler.get_last_lr()[0])
+        self.step_log.append(row)
+        self._step_acc.clear()
+
+    # ---- checkpoints ---------------------------------------------------------------------------
+
+    def _save_checkpoint(self, model, trial) -> None:
+        super()._save_checkpoint(model, trial)
+        folder = Path(self._get_output_dir(trial=trial)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        if self.args.should_save and folder.is_dir():
+            self.save_safeanchor_state(folder)
+
+    def save_safeanchor_state(self, folder: str | Path) -> None:
+        """Regularizer state (safetensors) and step log + reports (JSON) into ``folder``."""
+        folder = Path(folder)
+        tensors = {f"{name}.{k}": v for name, (reg, _) in self.regularizers.items()
+                   for k, v in reg.state_dict().items()}
+        if tensors:
+            save_tensors(folder / REGULARIZER_STATE_FILE, tensors,
+                         metadata={"regularizers": ",".join(self.regularizers)})
+        write_json(folder / TRAINER_STATE_FILE, {"global_step": self.state.global_step, "step_log": self.step_log,
+                                                 "reports": self.reports, "provenance": provenance()})
+
+    def _load_safeanchor_state(self, checkpoint: str) -> None:
+        folder = Path(checkpoint)
+        if (folder / REGULARIZER_STATE_FILE).is_file():
+            tensors = load_tensors(folder / REGULARIZER_STATE_FILE)
+            for name, (reg, _) in self.regularizers.items():
+                prefix = f"{name}."
+                state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+                if state:
+                    reg.load_state_dict(state)
+        if (folder / TRAINER_STATE_FILE).is_file():
+            saved = read_json(folder / TRAINER_STATE_FILE)
+            self.step_log = [row for row in saved.get("step_log", []) if row["step"] < saved["global_step"]]
+
+
+def _arg(explicit, args, name: str, default):
+    return explicit if explicit is not None else getattr(args, name, default)
+
+
+class _StepRecorder(TrainerCallback):
+    def __init__(self, trainer: SafeTrainer):
+        self.trainer = trainer
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.trainer._flush_step()
+
+
+class RichProgress(TrainerCallback):
+    """Terminal display: a progress bar plus the last logged CE, penalties and coefficients."""
+
+    def __init__(self):
+        self._progress = None
+        self._task = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if not state.is_world_process_zero:
+            return
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        self._progress = Progress(TextColumn("[bold]training"), BarColumn(), MofNCompleteColumn(),
+                                  TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[metrics]}"))
+        self._progress.start()
+        self._task = self._progress.add_task("train", total=state.max_steps, completed=state.global_step, metrics="")
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self._progress is not None:
+            self._progress.update(self._task, completed=state.global_step)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if self._progress is None or not logs:
+            return
+        shown = {k: v for k, v in logs.items() if k in ("loss", "ce") or k.endswith("/raw") or k.endswith("/coef")}
+        self._progress.update(self._task, metrics="  ".join(f"{k} {v:.4g}" for k, v in shown.items()))
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+
+
+
+
+# ---------------------------------------------------------------------------------------------
+# A whole run: what the CLI and the pipelines call
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` returns. ``steps``: one row per optimizer step (``step`` 0 = first batch)
+    with ``ce``, ``loss``, ``<reg>/raw``, ``<reg>/coef``; ``log_history``: HF's log rows."""
+
+    output_dir: Path
+    log_history: list[dict[str, Any]]
+    reports: dict[str, Any]
+    runtime_s: float
+    steps: list[dict[str, Any]] = field(default_factory=list)
+    model: Any = field(default=None, repr=False)
+    tokenizer: Any = field(default=None, repr=False)
+
+
+def prepare_model(config, model=None, tokenizer=None):
+    """Load (or take) the model and tokenizer and make the right parameters trainable.
+
+    A passed-in model is modified in place (LoRA layers are injected into it). A model that is
+    already a PEFT model keeps its adapter.
+    """
+    from ..models import attach_lora, load_model, load_tokenizer
+
+    if model is None:
+        model, tokenizer = load_model(config.model, precision=config.precision)
+    elif tokenizer is None:
+        tokenizer = load_tokenizer(config.model)
+    if config.use_lora:
+        if not hasattr(model, "peft_config"):
+            model = attach_lora(model, r=config.lora_r, alpha=config.lora_alpha, dropout=config.lora_dropout,
+                                target_modules=config.lora_target_modules, seed=config.seed)
+    else:
+        if hasattr(model, "peft_config"):
+            raise ValueError("use_lora=False (full fine-tuning) but the model already carries a PEFT adapter")
+        model.requires_grad_(True)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer
+
+
+def build_regularizers(config) -> dict[str, tuple[Regularizer, Schedule]]:
+    """The method's regularizers, each with its coefficient schedule."""
+    from ..methods import REGULARIZERS
+
+    out = {}
+    for name in config.plan.regularizers:
+        reg = REGULARIZERS[name](config)
+        out[name] = (reg, config.schedule(default_alpha=getattr(reg, "default_coef", None)))
+    return out
+
+
+def drift_callbacks(config, model, tokenizer) -> list[TrainerCallback]:
+    """The refusal-direction drift monitor, when ``drift_every_steps`` > 0."""
+    if not config.drift_every_steps:
+        return []
+    try:
+        from ..direction.callback import DriftCallback
+    except ImportError as e:
+        raise ImportError(f"drift_every_steps needs safeanchor.direction.callback ({e})") from e
+    return [DriftCallback.from_config(config, model, tokenizer)]
+
+
+def train(config, model=None, tokenizer=None) -> TrainResult:
+    """Fine-tune with ``config`` and write the adapter (or full model) and logs to ``config.output_dir``.
+
+    Works from a model name (``config.model``) or an already-loaded ``model``/``tokenizer``.
+    Writes ``train_config.yaml`` (resolved), ``train_log.json`` (per-step CE, raw penalties,
+    coefficients) and ``train_report.json`` (data counts, regularizer setup reports, runtime).
+
+    >>> from safeanchor.train import SafeTrainingConfig, train              # doctest: +SKIP
+    >>> cfg = SafeTrainingConfig(method="procon", alpha=0.1, output_dir="runs/procon")  # doctest: +SKIP
+    >>> result = train(cfg)                                                 # doctest: +SKIP
+    >>> result.steps[0]["procon/raw"]                                      # doctest: +SKIP
+    0.0
+    """
+    import time
+
+    import yaml
+    from transformers import set_seed
+
+    from ..data import SFTCollator
+    from ..io import atomic_write_text
+    from ..models import model_fingerprint
+    from .data import build_train_dataset
+
+    set_seed(config.seed)
+    model, tokenizer = prepare_model(config, model, tokenizer)
+    dataset, data_report = build_train_dataset(config, tokenizer)
+    trainer = SafeTrainer(
+        model=model, args=config, train_dataset=dataset, processing_class=tokenizer,
+        data_collator=SFTCollator(tokenizer.pad_token_id, config.padding_side),
+        regularizers=build_regularizers(config), callbacks=drift_callbacks(config, model, tokenizer))
+    resume = config.resume_from_checkpoint
+    if isinstance(resume, str) and resume.lower() in ("true", "last"):
+        resume = True
+    t0 = time.perf_counter()
+    trainer.train(resume_from_checkpoint=resume)
+    runtime = time.perf_counter() - t0
+
+    out = Path(config.output_dir)
+    trainer.save_model(str(out))
+    atomic_write_text(out / "train_config.yaml", yaml.safe_dump(config.to_yaml_dict(), sort_keys=False))
+    write_json(out / "train_log.json", {"steps": trainer.step_log, "log_history": trainer.state.log_history})
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    write_json(out / "train_report.json", {
+        "model": config.model if getattr(model, "safeanchor_source", None) is None else model.safeanchor_source,
+        "model_type": base.config.model_type,
+        "adapter": "lora" if config.use_lora else "full",
+        "method": config.method,
+        "trained_fingerprint": model_fingerprint(model),
+        "data": data_report,
+        "regularizers": trainer.reports,
+        "global_steps": trainer.state.global_step,
+        "runtime_s": runtime,
+        "seed": config.seed,
+        "provenance": provenance(),
+    })
+    return TrainResult(out, list(trainer.state.log_history), {"data": data_report, **trainer.reports}, runtime,
+                       list(trainer.step_log), model, tokenizer)
+
+
+__all__ = ["REGULARIZER_STATE_FILE", "TRAINER_STATE_FILE", "RichProgress", "SafeTrainer", "TrainResult",
+           "ZeroPenaltyError", "build_regularizers", "drift_callbacks", "prepare_model", "preserved_rng", "train"]
