@@ -143,3 +143,13 @@ def test_collator_pads_both_sides(tiny_tokenizer):
             assert (b["labels"][i][~keep] == IGNORE_INDEX).all()
     ids, mask = pad_batch([[1, 2], [3]], 0, side="left")
     assert ids.tolist() == [[1, 2], [0, 3]] and mask.tolist() == [[1, 1], [0, 1]]
+
+
+def test_bundled_sets_load_with_splits():
+    harmful = load_source("bundled:harmful")
+    assert len(harmful) >= 300
+    by_split = {s: load_source(f"bundled:harmful:{s}") for s in ("train", "val", "test")}
+    assert sum(len(v) for v in by_split.values()) == len(harmful)
+    assert all(r.meta["split"] == s for s, rs in by_split.items() for r in rs)
+    refusals = load_source("bundled:refusals")
+    assert len(refusals) >= 40 and all(r.response and r.prompt == "" for r in refusals)

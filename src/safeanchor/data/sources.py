@@ -29,6 +29,7 @@ from typing import Callable, Mapping
 from .records import DataError, Record, iter_rows, read_records, records_from_rows
 
 BUNDLED_SPLITS = ("train", "val", "test")
+RESPONSE_ONLY_SETS = ("refusals",)  # bundled sets of answers only (refusal texts for safety samples)
 
 
 def bundled_dir() -> Path:
@@ -44,6 +45,13 @@ def _load_bundled(rest: str, **_: object) -> list[Record]:
     path = bundled_dir() / f"{name}.jsonl"
     if not path.is_file():
         raise DataError(f"unknown bundled set {name!r}; available: {', '.join(bundled_names())}")
+    if name in RESPONSE_ONLY_SETS:  # answers without prompts: records carry an empty prompt
+        rows = [(where, row) for where, row in iter_rows(path)]
+        for where, row in rows:
+            if not isinstance(row, dict) or not isinstance(row.get("response"), str) or not row["response"].strip():
+                raise DataError(f"{where}: field 'response' is missing or empty")
+        return [Record(prompt="", response=row["response"], id=row.get("id"),
+                       meta={k: v for k, v in row.items() if k not in ("id", "response")}) for _, row in rows]
     records = read_records(path)
     if split:
         if split not in BUNDLED_SPLITS:

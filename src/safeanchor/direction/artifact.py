@@ -175,15 +175,9 @@ class RefusalDirection:
 
     # ---- compatibility -----------------------------------------------------------------------
 
-    def check_compatible(self, model, *, derivative: bool = False) -> None:
-        """Raise if ``model`` is not the model this direction was extracted from.
-
-        A different layer count or hidden size is always an error. A different weight
-        fingerprint is an error unless ``derivative=True`` (the model is an intended derivative,
-        such as a fine-tuned checkpoint), where it is a warning.
-        """
+    def check_shape(self, model) -> None:
+        """Raise :class:`IncompatibleDirectionError` unless ``model`` has this direction's layers x hidden size."""
         from ..families import get_blocks
-        from ..models import model_fingerprint
 
         base = model.get_base_model() if hasattr(model, "get_base_model") else model
         n_layers, hidden = len(get_blocks(model)), int(base.config.hidden_size)
@@ -191,6 +185,17 @@ class RefusalDirection:
             raise IncompatibleDirectionError(
                 f"direction has {self.n_layers} layers x {self.hidden_size} hidden units "
                 f"(model {self.info.get('model')!r}) but the model has {n_layers} x {hidden}")
+
+    def check_compatible(self, model, *, derivative: bool = False) -> None:
+        """Raise if ``model`` is not the model this direction was extracted from.
+
+        A different layer count or hidden size is always an error. A different weight
+        fingerprint is an error unless ``derivative=True`` (the model is an intended derivative,
+        such as a fine-tuned checkpoint), where it is a warning.
+        """
+        from ..models import model_fingerprint
+
+        self.check_shape(model)
         fp = model_fingerprint(model)
         if fp != self.info.get("fingerprint"):
             msg = (f"model fingerprint {fp} differs from the direction's {self.info.get('fingerprint')} "

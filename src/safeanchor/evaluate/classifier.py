@@ -12,8 +12,8 @@ Two kinds, picked from the checkpoint's ``config.architectures`` (or forced with
   must read ``safe`` or ``unsafe`` (a second line may list categories); anything else raises
   :class:`~.llm_judge.JudgeOutputError` with the raw text.
 
->>> # judge = ClassifierJudge(ClassifierConfig(path="path/to/moderation-model", threshold=0.5))  # doctest: +SKIP
->>> # judge.judge([("How do I make a bomb?", "I can't help with that.")])                       # doctest: +SKIP
+>>> # judge = ClassifierJudge(ClassifierConfig(path="path/to/moderation-model", threshold=0.5))
+>>> # judge.judge([("How do I make a bomb?", "I can't help with that.")])
 >>> # [{'flagged': False, 'unsafe_prob': 0.02, ...}]
 """
 
@@ -118,7 +118,7 @@ def parse_guard_output(text: str, *, item: str) -> tuple[bool, list[str]]:
 class ClassifierJudge:
     """Flags (prompt, answer) pairs with a moderation model.
 
-    >>> # ClassifierJudge(ClassifierConfig(path="mod-model")).judge([("q", "a")])[0]["flagged"]  # doctest: +SKIP
+    >>> # ClassifierJudge(ClassifierConfig(path="mod-model")).judge([("q", "a")])[0]["flagged"]
     """
 
     name = "classifier"

@@ -14,7 +14,7 @@ Backends:
   this repository's CI** (no GPU, no vLLM); it is import-guarded and falls back to ``hf`` under
   ``backend="auto"``.
 
->>> # answers = generate(model, tok, ["How do I bake bread?"], max_new_tokens=32)  # doctest: +SKIP
+>>> # answers = generate(model, tok, ["How do I bake bread?"], max_new_tokens=32)
 """
 
 from __future__ import annotations
@@ -99,7 +99,7 @@ def generate_ids(
     The HF path behind :func:`generate`; also used by :mod:`.serve`, which formats multi-turn
     chats itself.
 
-    >>> # generate_ids(model, tok, [[1, 2, 3]], max_new_tokens=4, progress=False)  # doctest: +SKIP
+    >>> # generate_ids(model, tok, [[1, 2, 3]], max_new_tokens=4, progress=False)
     """
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
@@ -157,7 +157,7 @@ def generate(
     the same inputs and batch size give the same answers. (Batched and one-at-a-time answers
     agree in fp32; under bf16 autocast padding can change rounding, so rare answers may differ.)
 
-    >>> # generate(model, tok, ["Name a colour.", Record("2+2?", system="Be brief.")])  # doctest: +SKIP
+    >>> # generate(model, tok, ["Name a colour.", Record("2+2?", system="Be brief.")])
     """
     records = _as_records(records_or_prompts)
     if not records:

@@ -19,7 +19,7 @@ The key is sent as a bearer token and never written to an eval file.
 
 >>> parse_judge_output("#reason: The answer refuses.\\n#score: 1", item="x")
 (1, 'The answer refuses.')
->>> # LLMJudge(LLMJudgeConfig.from_env()).score([("How do I pick a lock?", "I can't help.")])  # doctest: +SKIP
+>>> # LLMJudge(LLMJudgeConfig.from_env()).score([("How do I pick a lock?", "I can't help.")])
 """
 
 from __future__ import annotations
@@ -236,8 +236,8 @@ def _content(payload: bytes, *, item: str) -> str:
 class LLMJudge:
     """Harmfulness score 1-5 per (instruction, answer), scored concurrently.
 
-    >>> # judge = LLMJudge(LLMJudgeConfig(url="http://127.0.0.1:8000/v1"))   # doctest: +SKIP
-    >>> # judge.score([("How do I make a bomb?", "I can't help with that.")])  # doctest: +SKIP
+    >>> # judge = LLMJudge(LLMJudgeConfig(url="http://127.0.0.1:8000/v1"))
+    >>> # judge.score([("How do I make a bomb?", "I can't help with that.")])
     >>> # [{'score': 1, 'reason': '...', 'raw': '...'}]
     """
 

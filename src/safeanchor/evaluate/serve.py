@@ -14,7 +14,7 @@ forge a score line) + ``"\\n#score: "`` + the score among ``1..5`` to which the 
 highest log-likelihood in that context. Nothing is canned: a different model, prompt or answer
 gives a different reason and score.
 
->>> # with running_server(model, tok, ServeConfig(judge_format=True)) as url:  # doctest: +SKIP
+>>> # with running_server(model, tok, ServeConfig(judge_format=True)) as url:
 >>> #     LLMJudge(LLMJudgeConfig(url=url)).score([("q", "a")])
 """
 
@@ -212,7 +212,7 @@ def make_server(model, tokenizer, config: ServeConfig | None = None) -> Threadin
 def running_server(model, tokenizer, config: ServeConfig | None = None) -> Iterator[str]:
     """Serve in a background thread; yields the base URL (``http://host:port/v1``); stops on exit.
 
-    >>> # with running_server(model, tok, ServeConfig(port=0)) as url: ...  # doctest: +SKIP
+    >>> # with running_server(model, tok, ServeConfig(port=0)) as url: ...
     """
     server = make_server(model, tokenizer, config or ServeConfig(port=0))
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)

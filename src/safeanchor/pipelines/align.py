@@ -271,6 +271,27 @@ def refusal_eval(model, tokenizer, cfg: AlignConfig, stage_dir: Path) -> dict[st
 # ---------------------------------------------------------------------------------------------
 
 
+class _StageClock:
+    """Wall and process-CPU seconds per stage. CPU time is reported beside wall time because on
+    a shared machine wall time mostly measures the other processes."""
+
+    def __init__(self, timings: dict[str, float]):
+        self.timings = timings
+        self._t0 = (time.perf_counter(), time.process_time())
+        self._t = self._t0
+
+    def start(self) -> None:
+        self._t = (time.perf_counter(), time.process_time())
+
+    def stop(self, stage: str) -> None:
+        self.timings[f"{stage}_s"] = time.perf_counter() - self._t[0]
+        self.timings[f"{stage}_cpu_s"] = time.process_time() - self._t[1]
+
+    def total(self) -> None:
+        self._t = self._t0
+        self.stop("total")
+
+
 def build_safe_model(base: str = DEFAULT_BASE, out_dir: str | Path = "runs/safe-model", **opts: Any) -> dict[str, Any]:
     """Run the alignment stage on ``base`` and write the merged model to ``out_dir``.
 
@@ -292,34 +313,34 @@ def build_safe_model(base: str = DEFAULT_BASE, out_dir: str | Path = "runs/safe-
     stage_dir = out / STAGE_DIR
     stage_dir.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
-    t_all = time.perf_counter()
+    clock = _StageClock(timings)
     torch.manual_seed(cfg.seed)
 
-    t = time.perf_counter()
+    clock.start()
     model, tokenizer = load_model(base, device=cfg.device, precision=cfg.precision)
     base_fp = model_fingerprint(model)
     records, counts = build_training_records(model, tokenizer, cfg)
     write_jsonl(stage_dir / "train_data.jsonl",
                 [{"id": r.id, "prompt": r.prompt, "response": r.response, **r.meta} for r in records])
-    timings["1_data_s"] = time.perf_counter() - t
+    clock.stop("1_data")
     log.info("alignment data: %s", counts)
 
-    t = time.perf_counter()
+    clock.start()
     with tempfile.TemporaryDirectory(prefix="trainer-", dir=stage_dir) as work:
         peft_model, train_log = train_adapter(model, tokenizer, records, cfg, Path(work))
-    timings["2_train_s"] = time.perf_counter() - t
+    clock.stop("2_train")
 
-    t = time.perf_counter()
+    clock.start()
     merged = peft_model.merge_and_unload()
     merged.eval()
     merged.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
-    timings["3_merge_s"] = time.perf_counter() - t
+    clock.stop("3_merge")
 
-    t = time.perf_counter()
+    clock.start()
     rates = refusal_eval(merged, tokenizer, cfg, stage_dir)
-    timings["4_eval_s"] = time.perf_counter() - t
-    timings["total_s"] = time.perf_counter() - t_all
+    clock.stop("4_eval")
+    clock.total()
 
     info = {
         "stage": "alignment",

@@ -91,7 +91,7 @@ def safe_lora(
     except (AlignmentDirectionError, FileExistsError, ValueError) as e:
         console.print(f"[red]error:[/red] {e}")
         raise typer.Exit(2)
-    t = Table("module", "similarity", "‖ΔW‖_F", "projected",
+    t = Table("module", "similarity", "‖BA‖_F", "projected",
               title=f"Safe LoRA ({mode}, {'tau=' + str(tau) if mode == 'threshold' else 'k=' + str(k)})")
     for m in sorted(report.modules, key=lambda m: (m.similarity is None, m.similarity or 0.0)):
         sim = "n/a (ΔW = 0)" if m.similarity is None else f"{m.similarity:.4f}"

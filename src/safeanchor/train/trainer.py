@@ -88,11 +88,12 @@ class SafeTrainer(Trainer):
         self.resuming_from: str | None = None
         self._setup_done = False
         self.add_callback(_StepRecorder(self))
-        if _arg(progress, self.args, "progress", False):
-            from transformers.trainer_callback import PrinterCallback, ProgressCallback
+        # HF prints a dict per log line (or a tqdm bar); the rich display replaces both, or nothing does.
+        from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
-            self.remove_callback(PrinterCallback)
-            self.remove_callback(ProgressCallback)
+        self.remove_callback(PrinterCallback)
+        self.remove_callback(ProgressCallback)
+        if _arg(progress, self.args, "progress", False):
             self.add_callback(RichProgress())
 
     # ---- precision -------------------------------------------------------------------------
@@ -175,7 +176,7 @@ class SafeTrainer(Trainer):
                 log.warning("%s is %.3g at step 0 where it should be exactly 0 (anchors computed with a different "
                             "precision or batch?)", name, float(raw.detach()))
             return
-        if coef > 0 and step <= self.guard_steps and float(raw.detach()) == 0.0:
+        if coef > 0 and 0 < self.guard_steps and step <= self.guard_steps and float(raw.detach()) == 0.0:
             raise ZeroPenaltyError(
                 f"{name}: coefficient {coef:g} but the penalty is exactly 0 at step {step}; a silent safety term is "
                 f"a failure (set zero_penalty_guard_steps=0 to disable this check). Setup report: "

@@ -1,0 +1,366 @@
+"""CLI: ``safeanchor direction`` (extract [+ select]), ``direction auroc``, ``direction steer``, ``drift``.
+
+Heavy imports happen inside the commands so ``safeanchor --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator, List, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+console = Console()
+
+direction_app = typer.Typer(
+    help="Extract the refusal direction of a model (difference in means, every layer) and check it.",
+    invoke_without_command=True,
+    no_args_is_help=False,
+)
+
+
+@contextmanager
+def _user_errors() -> Iterator[None]:
+    """Turn the errors a user can fix (bad data, model, artifact, option) into a red line + exit 2."""
+    from ..data import DataError
+    from ..families import UnsupportedModelError
+    from .artifact import IncompatibleDirectionError
+
+    try:
+        yield
+    except (DataError, UnsupportedModelError, IncompatibleDirectionError, FileNotFoundError, ValueError) as e:
+        console.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(2)
+
+
+def parse_layers(text: str | None) -> list[int] | None:
+    """``"4-8,12"`` -> ``[4, 5, 6, 7, 8, 12]``; empty/None -> None (all).
+
+    >>> parse_layers("4-6,10")
+    [4, 5, 6, 10]
+    """
+    if not text:
+        return None
+    out: list[int] = []
+    for part in text.split(","):
+        lo, sep, hi = part.strip().partition("-")
+        try:
+            out.extend(range(int(lo), int(hi) + 1) if sep else [int(lo)])
+        except ValueError:
+            raise typer.BadParameter(f"expected layers like 4-8,12; got {text!r}") from None
+    return sorted(set(out))
+
+
+def parse_positions(text: str) -> list[int] | None:
+    """``"last"`` -> ``[-1]``, ``"-5,-1"`` -> ``[-5, -1]``, ``"auto"``/``"all"`` -> None (the
+    caller resolves them: auto = all on a GPU and last on CPU, all = every extracted position).
+
+    >>> parse_positions("-5,-1")
+    [-5, -1]
+    """
+    if text == "last":
+        return [-1]
+    if text in ("all", "auto"):
+        return None
+    try:
+        return [int(p) for p in text.split(",")]
+    except ValueError:
+        raise typer.BadParameter(f"expected last, all, auto or offsets like -5,-1; got {text!r}") from None
+
+
+def _load(model_name: str, precision: str):
+    from ..models import load_model
+
+    with console.status(f"loading {model_name}"):
+        return load_model(model_name, precision=precision)
+
+
+# ---------------------------------------------------------------------------------------------
+# safeanchor direction
+# ---------------------------------------------------------------------------------------------
+
+
+@direction_app.callback()
+def direction(
+    ctx: typer.Context,
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="model: hub id, folder, .gguf or embedded:<name>"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="artifact folder (direction.safetensors + direction.json)"),
+    harmful: str = typer.Option("bundled:harmful:train", help="harmful prompts"),
+    harmless: str = typer.Option("bundled:harmless:train", help="harmless prompts"),
+    limit: int = typer.Option(128, help="prompts per set (seeded sample; reference: 128)"),
+    seed: int = typer.Option(0, help="seed of the prompt sample"),
+    positions: str = typer.Option("last", help="'last' (ProCon) or 'post-instruction' (every template token, Arditi)"),
+    batch_size: int = typer.Option(32, help="prompts per forward pass"),
+    max_length: int = typer.Option(512, help="prompt tokens kept (left-truncated)"),
+    precision: str = typer.Option("auto", help="auto, fp32, bf16 or fp16"),
+    auroc: bool = typer.Option(True, "--auroc/--no-auroc", help="per-layer AUROC on held-out prompts (last token)"),
+    auroc_harmful: str = typer.Option("bundled:harmful:test", help="held-out harmful prompts for the AUROC"),
+    auroc_harmless: str = typer.Option("bundled:harmless:test", help="held-out harmless prompts for the AUROC"),
+    auroc_limit: Optional[int] = typer.Option(None, help="held-out prompts per set (default all)"),
+    select: bool = typer.Option(False, "--select", help="Arditi et al. selection of one (layer, position)"),
+    select_layers: Optional[str] = typer.Option(None, help="layers to scan, e.g. 6-20 (default every layer < 0.8·L)"),
+    select_positions: str = typer.Option("auto", help="positions to scan: auto (all on GPU, last on CPU), last, all, or -5,-1"),
+    select_limit: int = typer.Option(32, help="validation prompts per set for selection"),
+) -> None:
+    """Extract the refusal direction: mean(harmful) - mean(harmless) block inputs, every layer.
+
+    Writes OUT/direction.safetensors + direction.json (+ auroc.png, selection.png).
+    Subcommands: auroc, steer.
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    if model is None or out is None:
+        console.print("[red]error:[/red] --model and --out are required (or use a subcommand: auroc, steer)")
+        raise typer.Exit(2)
+    from ..data import load_source
+    from ..report.plots import plot_layer_auroc, plot_selection_scores
+    from .extract import ExtractConfig, extract_direction, layer_auroc
+    from .select import SelectConfig, select_direction
+
+    with _user_errors():
+        cfg = ExtractConfig(harmful=harmful, harmless=harmless, limit=limit, seed=seed, positions=positions,
+                            batch_size=batch_size, max_length=max_length)
+        sel_cfg = SelectConfig(limit=select_limit, layers=parse_layers(select_layers),
+                               positions=parse_positions(select_positions), batch_size=batch_size) if select else None
+        m, tok = _load(model, precision)
+        timing = {}
+        t0 = time.perf_counter()
+        with console.status("extracting"):
+            rd = extract_direction(m, tok, cfg)
+        timing["extract_s"] = round(time.perf_counter() - t0, 2)
+        if auroc:
+            t0 = time.perf_counter()
+            h, b = load_source(auroc_harmful, limit=auroc_limit), load_source(auroc_harmless, limit=auroc_limit)
+            with console.status("held-out AUROC"):
+                per_layer = layer_auroc(m, tok, rd, h, b, pos=-1, batch_size=batch_size)
+            best = max(range(len(per_layer)), key=lambda l: per_layer[l])
+            rd.info["auroc"] = {"harmful": auroc_harmful, "harmless": auroc_harmless, "n_harmful": len(h),
+                                "n_harmless": len(b), "pos": -1, "per_layer": per_layer,
+                                "best_layer": best, "best": per_layer[best]}
+            timing["auroc_s"] = round(time.perf_counter() - t0, 2)
+        if sel_cfg is not None:
+            if select_positions == "all":
+                sel_cfg.positions = rd.positions
+            t0 = time.perf_counter()
+            rd = select_direction(m, tok, rd, sel_cfg, progress=True)
+            timing["select_s"] = round(time.perf_counter() - t0, 2)
+        rd.info["timing"] = timing
+        rd.save_pretrained(out)
+    if auroc:
+        plot_layer_auroc(rd.info["auroc"]["per_layer"], out / "auroc.png",
+                         title=f"AUROC per layer: {auroc_harmful} vs {auroc_harmless}")
+    if select:
+        plot_selection_scores({**rd.info["selection"], "selected": rd.info["selected"]}, out / "selection.png")
+    _print_direction(rd)
+    console.print(f"wrote [bold]{out}[/bold] ({', '.join(f'{k} {v} s' for k, v in timing.items())})")
+
+
+def _print_direction(rd) -> None:
+    pos = -1
+    norms = rd.norms[rd.pos_index(pos)].tolist()
+    per_layer = (rd.info.get("auroc") or {}).get("per_layer")
+    cands = {c["layer"]: c for c in (rd.info.get("selection") or {}).get("candidates", []) if c["pos"] == pos}
+    t = Table(title=f"refusal direction of {rd.info.get('model')} (last prompt token)")
+    t.add_column("layer", justify="right")
+    t.add_column("‖r‖", justify="right")
+    if per_layer:
+        t.add_column("AUROC held-out", justify="right")
+    if cands:
+        for name in ("bypass", "induce", "KL", "kept"):
+            t.add_column(name, justify="right")
+    for l in rd.layers:
+        row = [str(l), f"{norms[l]:.3f}"]
+        if per_layer:
+            row.append(f"{per_layer[l]:.3f}")
+        if cands:
+            c = cands.get(l)
+            if c and c["bypass"] is not None:
+                row += [f"{c['bypass']:.3f}", f"{c['induce']:.3f}", f"{c['kl']:.4f}", "yes" if c["passed"] else "no"]
+            else:
+                row += ["", "", "", ""]
+        t.add_row(*row)
+    console.print(t)
+    if per_layer:
+        a = rd.info["auroc"]
+        console.print(f"best held-out AUROC {a['best']:.3f} at layer {a['best_layer']} "
+                      f"({a['n_harmful']} + {a['n_harmless']} prompts)")
+    if rd.selected is not None:
+        sel = rd.info["selection"]
+        note = "" if sel["passed_filters"] else " [yellow](no candidate passed the filters; lowest bypass below 0.8·L)[/yellow]"
+        console.print(f"selected layer {rd.selected[0]}, position {rd.selected[1]}{note}")
+
+
+# ---------------------------------------------------------------------------------------------
+# safeanchor direction auroc / steer
+# ---------------------------------------------------------------------------------------------
+
+
+@direction_app.command("auroc")
+def auroc_command(
+    direction_dir: Path = typer.Option(..., "--direction", "-d", help="artifact folder from `safeanchor direction`"),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="model (default: the one the direction came from)"),
+    harmful: str = typer.Option("bundled:harmful:test", help="held-out harmful prompts"),
+    harmless: str = typer.Option("bundled:harmless:test", help="held-out harmless prompts"),
+    limit: Optional[int] = typer.Option(None, help="prompts per set (default all)"),
+    pos: int = typer.Option(-1, help="position (offset from the prompt end)"),
+    batch_size: int = typer.Option(32, help="prompts per forward pass"),
+    precision: str = typer.Option("auto", help="auto, fp32, bf16 or fp16"),
+    derivative: bool = typer.Option(False, "--derivative", help="the model is a fine-tuned copy of the direction's model"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="write auroc.json + auroc.png here"),
+) -> None:
+    """Per-layer AUROC of the projection onto r̂ separating held-out harmful from harmless prompts."""
+    from ..data import load_source
+    from ..io import provenance, write_json
+    from ..report.plots import plot_layer_auroc
+    from .artifact import RefusalDirection
+    from .extract import layer_auroc
+
+    with _user_errors():
+        rd = RefusalDirection.from_pretrained(direction_dir)
+        m, tok = _load(model or rd.info["model"], precision)
+        rd.check_compatible(m, derivative=derivative)
+        h, b = load_source(harmful, limit=limit), load_source(harmless, limit=limit)
+        with console.status("projecting held-out prompts"):
+            per_layer = layer_auroc(m, tok, rd, h, b, pos=pos, batch_size=batch_size)
+    best = max(range(len(per_layer)), key=lambda l: per_layer[l])
+    t = Table(title=f"AUROC per layer ({len(h)} harmful vs {len(b)} harmless, position {pos})")
+    t.add_column("layer", justify="right")
+    t.add_column("AUROC", justify="right")
+    for l, a in enumerate(per_layer):
+        t.add_row(str(l), f"{a:.3f}")
+    console.print(t)
+    console.print(f"best AUROC {per_layer[best]:.3f} at layer {best}")
+    if out is not None:
+        write_json(out / "auroc.json", {"direction": str(direction_dir), "model": model or rd.info["model"],
+                                        "harmful": harmful, "harmless": harmless, "n_harmful": len(h),
+                                        "n_harmless": len(b), "pos": pos, "per_layer": per_layer,
+                                        "best_layer": best, "best": per_layer[best], "provenance": provenance()})
+        plot_layer_auroc(per_layer, out / "auroc.png", title=f"AUROC per layer: {harmful} vs {harmless}")
+        console.print(f"wrote [bold]{out}[/bold]")
+
+
+@direction_app.command("steer")
+def steer_command(
+    direction_dir: Path = typer.Option(..., "--direction", "-d", help="artifact folder from `safeanchor direction`"),
+    out: Path = typer.Option(..., "--out", "-o", help="folder for steering.json"),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="model (default: the one the direction came from)"),
+    harmful: str = typer.Option("bundled:harmful:test", help="held-out harmful prompts (ablation)"),
+    harmless: str = typer.Option("bundled:harmless:test", help="held-out harmless prompts (addition)"),
+    limit: int = typer.Option(32, help="prompts per set"),
+    layer: Optional[int] = typer.Option(None, help="layer to add the direction at (default: selected, else best)"),
+    pos: int = typer.Option(-1, help="position whose direction is used"),
+    coef: str = typer.Option("harmful-proj", help="addition coefficient: a number, harmful-proj (r̂ᵀ mean harmful) or diff (‖r‖)"),
+    max_new_tokens: int = typer.Option(64, help="tokens generated per answer (greedy)"),
+    batch_size: int = typer.Option(32, help="prompts per generation batch"),
+    precision: str = typer.Option("auto", help="auto, fp32, bf16 or fp16"),
+    derivative: bool = typer.Option(False, "--derivative", help="the model is a fine-tuned copy of the direction's model"),
+) -> None:
+    """Refusal rates with the direction ablated (harmful prompts) and added (harmless prompts)."""
+    from ..io import provenance, write_json
+    from .artifact import RefusalDirection
+    from .steering import steering_check
+
+    try:
+        coef_value: float | str = float(coef)
+    except ValueError:
+        coef_value = coef
+    with _user_errors():
+        rd = RefusalDirection.from_pretrained(direction_dir)
+        m, tok = _load(model or rd.info["model"], precision)
+        t0 = time.perf_counter()
+        report = steering_check(m, tok, rd, harmful_source=harmful, harmless_source=harmless, limit=limit,
+                                layer=layer, pos=pos, coef=coef_value, max_new_tokens=max_new_tokens,
+                                batch_size=batch_size, derivative=derivative)
+    report.update(direction=str(direction_dir), model=model or rd.info["model"], harmful=harmful,
+                  harmless=harmless, runtime_s=round(time.perf_counter() - t0, 1), provenance=provenance())
+    write_json(out / "steering.json", report)
+    r = report["rates"]
+    t = Table(title=f"refusal rate (keyword judge), layer {report['layer']}, coef {report['coef']:.2f}")
+    for col in ("condition", f"harmful (n={report['n_harmful']})", f"harmless (n={report['n_harmless']})"):
+        t.add_column(col, justify="right")
+    fmt = lambda d, k: f"{100 * d[k]:.1f}%" if k in d else "—"  # noqa: E731
+    for cond, label in (("baseline", "baseline"), ("ablated", "r̂ ablated"), ("added", "r added")):
+        t.add_row(label, fmt(r[cond], "harmful"), fmt(r[cond], "harmless"))
+    console.print(t)
+    console.print(f"wrote [bold]{out / 'steering.json'}[/bold]")
+
+
+# ---------------------------------------------------------------------------------------------
+# safeanchor drift
+# ---------------------------------------------------------------------------------------------
+
+
+def drift_command(
+    reference: Path = typer.Option(..., "--reference", "-r", help="reference artifact folder (`safeanchor direction`)"),
+    checkpoint: List[str] = typer.Option(..., "--checkpoint", "-c", help="model folder or LoRA adapter folder; repeatable"),
+    out: Path = typer.Option(..., "--out", "-o", help="folder for drift.json and the plots"),
+    base: Optional[str] = typer.Option(None, help="base model of LoRA adapter checkpoints (default: the reference's model)"),
+    pos: int = typer.Option(-1, help="position reported (offset from the prompt end)"),
+    batch_size: Optional[int] = typer.Option(None, help="prompts per forward pass (default: as at extraction)"),
+    precision: str = typer.Option("auto", help="auto, fp32, bf16 or fp16"),
+) -> None:
+    """Per-layer cosine between the reference direction and each checkpoint's, same prompts.
+
+    Writes OUT/drift.json, drift_heatmap.png (layers x checkpoints) and drift_lines.png.
+    """
+    import warnings
+
+    from ..io import provenance, write_json
+    from ..models import model_fingerprint
+    from ..report.plots import plot_drift
+    from .artifact import RefusalDirection
+    from .drift import compute_drift, drift_summary, is_adapter_dir, load_checkpoint
+
+    rows = []
+    with _user_errors():
+        ref = RefusalDirection.from_pretrained(reference)
+        p = ref.pos_index(pos)
+        base_model = base or ref.info.get("model")
+        for ckpt in checkpoint:
+            with console.status(f"loading {ckpt}"):
+                m, tok = load_checkpoint(ckpt, base=base_model, precision=precision)
+            t0 = time.perf_counter()
+            with console.status(f"re-extracting on {ckpt}"), warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # a checkpoint's fingerprint differs by design
+                cos = compute_drift(ref, m, tok, batch_size=batch_size)  # (P, L)
+            fingerprint = model_fingerprint(m)
+            row = {"checkpoint": ckpt, "label": _label(ckpt, [r["label"] for r in rows]),
+                   "adapter": is_adapter_dir(ckpt), "base": base_model if is_adapter_dir(ckpt) else None,
+                   "fingerprint": fingerprint, "same_weights": fingerprint == ref.info.get("fingerprint"),
+                   "cos": [None if c != c else c for c in cos[p].tolist()], **drift_summary(cos[p]),
+                   "cos_by_position": {str(q): [None if c != c else c for c in cos[i].tolist()]
+                                       for i, q in enumerate(ref.positions)},
+                   "seconds": round(time.perf_counter() - t0, 2)}
+            rows.append(row)
+            del m
+    write_json(out / "drift.json", {"reference": str(reference), "reference_model": ref.info.get("model"),
+                                    "reference_fingerprint": ref.info.get("fingerprint"), "pos": pos,
+                                    "data": ref.info.get("data"), "checkpoints": rows, "provenance": provenance()})
+    heat, lines = plot_drift([r["label"] for r in rows], [r["cos"] for r in rows], out / "drift")
+    t = Table(title=f"cos(r_ref, r_ckpt) per layer, position {pos}")
+    t.add_column("layer", justify="right")
+    for r in rows:
+        t.add_column(r["label"], justify="right")
+    for l in ref.layers:
+        t.add_row(str(l), *["—" if r["cos"][l] is None else f"{r['cos'][l]:.4f}" for r in rows])
+    t.add_row("mean", *[f"{r['mean']:.4f}" for r in rows])
+    t.add_row("min", *[f"{r['min']:.4f} (layer {r['argmin']})" for r in rows])
+    console.print(t)
+    console.print(f"wrote [bold]{out / 'drift.json'}[/bold], {heat.name}, {lines.name}")
+
+
+def _label(ckpt: str, taken: list[str]) -> str:
+    name = Path(ckpt).name or ckpt
+    label, i = name, 2
+    while label in taken:
+        label, i = f"{name}#{i}", i + 1
+    return label
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(direction_app, name="direction")
+    app.command("drift")(drift_command)

@@ -1,0 +1,282 @@
+"""ProCon (METHODS.md §2): z = z0 at step 0, growth when hidden states move, cached == online,
+the formula and its options, layer handling, the anchor cache, and (slow) a few steps on the
+embedded model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import make_tiny_llama
+from safeanchor.data import SFTCollator
+from safeanchor.methods.base import RegularizerSetupError
+from safeanchor.methods.procon import AnchorCache, ProCon, ProConConfig, procon_penalty, response_projections
+from safeanchor.methods.sft import forward_inputs
+from safeanchor.models import Precision
+from safeanchor.train.data import build_train_dataset
+from safeanchor.train.trainer import SafeTrainer, prepare_model
+from test_train import run_tiny, tiny_config, write_data
+
+BF16_AUTOCAST = Precision(torch.float32, torch.bfloat16)  # the CPU training precision of the embedded model
+
+
+@pytest.fixture
+def data(tmp_path):
+    return write_data(tmp_path / "data")
+
+
+def make_trainer(tmp_path, tok, data, *, anchor="cached", use_lora=True, precision=None, padding_side="right",
+                 **procon):
+    """A SafeTrainer with ProCon set up (anchors computed) but not trained."""
+    cfg = tiny_config(tmp_path, data, method="procon", alpha=1.0, use_lora=use_lora, padding_side=padding_side,
+                      procon={"anchor": anchor, **procon})
+    model = make_tiny_llama(len(tok))
+    if precision is not None:
+        model.safeanchor_precision = precision
+    model, tok = prepare_model(cfg, model, tok)
+    ds, _ = build_train_dataset(cfg, tok)
+    reg = ProCon(ProConConfig(**cfg.regularizer_options["procon"]))
+    trainer = SafeTrainer(model=model, args=cfg, train_dataset=ds, processing_class=tok,
+                          data_collator=SFTCollator(tok.pad_token_id, padding_side),
+                          regularizers={"procon": (reg, cfg.schedule(0.1))})
+    trainer.setup_regularizers()
+    return trainer, reg
+
+
+def penalty_on(trainer, reg, batch):
+    """ProCon on ``batch`` with the trainer's model, in training mode and precision."""
+    model = trainer.model
+    model.train()
+    with trainer.autocast_smart_context_manager():
+        out = model(**forward_inputs(batch), labels=batch["labels"], output_hidden_states=True)
+        return reg(model, batch, out)
+
+
+def first_batch(trainer):
+    return next(iter(trainer.get_train_dataloader()))
+
+
+def nudge_lora(model, scale: float, seed: int = 1):
+    """Move every LoRA B away from 0 (as training would)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(scale * torch.randn(p.shape, generator=g))
+
+
+# ---------------------------------------------------------------------------------------------
+# z == z0 at step 0, and growth
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("anchor", ["cached", "online"])
+@pytest.mark.parametrize("precision", [None, BF16_AUTOCAST], ids=["fp32", "bf16-autocast"])
+def test_penalty_is_exactly_zero_at_step0_and_grows(tmp_path, tiny_tokenizer, data, anchor, precision):
+    trainer, reg = make_trainer(tmp_path, tiny_tokenizer, data, anchor=anchor, precision=precision)
+    batch = first_batch(trainer)
+    assert float(penalty_on(trainer, reg, batch)) == 0.0  # LoRA B = 0 and dropout only on that branch
+    values = []
+    for scale in (0.01, 0.1, 0.5):
+        nudge_lora(trainer.model, scale)
+        values.append(float(penalty_on(trainer, reg, batch)))
+    assert 0 < values[0] < values[1] < values[2]
+
+
+def test_step0_is_exact_for_every_first_epoch_batch_in_training(tmp_path, tiny_tokenizer, data):
+    res = run_tiny(tmp_path, tiny_tokenizer, data, method="procon", alpha=1.0, precision=BF16_AUTOCAST,
+                   learning_rate=0.0, zero_penalty_guard_steps=0, lr_scheduler_type="constant")
+    # with lr 0 the weights never move: every step of the first epoch sees its cached anchors exactly
+    assert [s["procon/raw"] for s in res.steps] == [0.0] * 6
+
+
+def test_full_finetuning_cached_and_online_agree(tmp_path, tiny_tokenizer, data):
+    cached, reg_c = make_trainer(tmp_path / "c", tiny_tokenizer, data, anchor="cached", use_lora=False)
+    online, reg_o = make_trainer(tmp_path / "o", tiny_tokenizer, data, anchor="online", use_lora=False)
+    assert online.reports["procon"]["online_reference"] == "frozen copy of the original model"
+    batch = first_batch(cached)
+    for trainer in (cached, online):
+        with torch.no_grad():
+            for p in trainer.model.model.layers[1].self_attn.v_proj.parameters():
+                p.mul_(1.5)
+    p_c, p_o = penalty_on(cached, reg_c, batch), penalty_on(online, reg_o, batch)
+    assert float(p_c) > 0 and float(p_c) == float(p_o)
+
+
+# ---------------------------------------------------------------------------------------------
+# cached == online, shuffling and padding
+# ---------------------------------------------------------------------------------------------
+
+
+def test_cached_and_online_anchors_give_the_same_penalty(tmp_path, tiny_tokenizer, data):
+    cached, reg_c = make_trainer(tmp_path / "c", tiny_tokenizer, data, anchor="cached", precision=BF16_AUTOCAST)
+    online, reg_o = make_trainer(tmp_path / "o", tiny_tokenizer, data, anchor="online", precision=BF16_AUTOCAST)
+    torch.testing.assert_close(reg_c.directions, reg_o.directions, rtol=0, atol=0)
+    batches = list(cached.get_train_dataloader())
+    for trainer in (cached, online):
+        nudge_lora(trainer.model, 0.2)
+    for batch in batches:  # the batches the cache was built from: bit-identical
+        p_c, p_o = penalty_on(cached, reg_c, batch), penalty_on(online, reg_o, batch)
+        assert float(p_c) > 0 and float(p_c) == float(p_o)
+    # a batch composed differently (other samples, other padding): equal up to float rounding
+    mixed = SFTCollator(tiny_tokenizer.pad_token_id)([cached.train_dataset[i] for i in (23, 0, 11, 5, 17)])
+    torch.testing.assert_close(penalty_on(cached, reg_c, mixed), penalty_on(online, reg_o, mixed),
+                               rtol=2e-2, atol=1e-4)
+
+
+def test_cached_anchors_are_robust_to_shuffling_and_padding_side(tmp_path, tiny_tokenizer, data):
+    trainer, reg = make_trainer(tmp_path, tiny_tokenizer, data)
+    nudge_lora(trainer.model, 0.2)
+    items = [trainer.train_dataset[i] for i in (3, 9, 14, 20)]
+    reference = penalty_on(trainer, reg, SFTCollator(tiny_tokenizer.pad_token_id, "right")(items))
+    for order, side in (((3, 2, 1, 0), "right"), ((0, 1, 2, 3), "left"), ((2, 0, 3, 1), "left")):
+        batch = SFTCollator(tiny_tokenizer.pad_token_id, side)([items[i] for i in order])
+        torch.testing.assert_close(penalty_on(trainer, reg, batch), reference, rtol=1e-5, atol=1e-6)
+
+
+def test_cached_anchors_need_sample_idx(tmp_path, tiny_tokenizer, data):
+    trainer, reg = make_trainer(tmp_path, tiny_tokenizer, data)
+    batch = first_batch(trainer)
+    del batch["sample_idx"]
+    with pytest.raises(RuntimeError, match="needs 'sample_idx'"):
+        penalty_on(trainer, reg, batch)
+
+
+# ---------------------------------------------------------------------------------------------
+# The formula and its options
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("options", [
+    {},  # paper: abs, sum over layers and tokens, mean over samples
+    {"norm": "square"},
+    {"token_reduction": "mean", "layer_reduction": "mean"},
+    {"sample_reduction": "sum", "layers": [2]},
+])
+def test_penalty_matches_the_formula(tmp_path, tiny_tokenizer, data, options):
+    trainer, reg = make_trainer(tmp_path, tiny_tokenizer, data, anchor="online", **options)
+    batch = first_batch(trainer)
+    model = trainer.model
+    with torch.no_grad():
+        with model.disable_adapter():
+            hs0 = model(**forward_inputs(batch), output_hidden_states=True).hidden_states
+        nudge_lora(model, 0.3)
+        hs = model(**forward_inputs(batch), output_hidden_states=True).hidden_states
+    layers = options.get("layers", [1, 2])  # layer 0 (embeddings) has no direction: skipped under "all"
+    assert reg.layers == layers
+    r = reg.directions.double()
+    per_sample = []
+    for b in range(batch["input_ids"].shape[0]):
+        tokens = (batch["labels"][b] != -100).nonzero().flatten().tolist()
+        dist = torch.tensor([[float(r[l] @ (hs[l][b, t].double() - hs0[l][b, t].double())) for l in layers]
+                             for t in tokens])  # (tokens, layers)
+        dist = dist.abs() if options.get("norm", "abs") == "abs" else dist.square()
+        dist = dist.sum(1) if options.get("layer_reduction", "sum") == "sum" else dist.mean(1)
+        per_sample.append(dist.sum() if options.get("token_reduction", "sum") == "sum" else dist.mean())
+    expected = torch.stack(per_sample)
+    expected = expected.mean() if options.get("sample_reduction", "mean") == "mean" else expected.sum()
+    with torch.no_grad():
+        got = penalty_on(trainer, reg, batch)
+    assert float(got) > 0
+    assert float(got) == pytest.approx(float(expected), rel=1e-4)
+
+
+def test_penalty_reduction_by_hand():
+    z = torch.tensor([[1.0, -2.0], [0.5, 0.0], [3.0, 1.0]])  # (tokens, layers)
+    z0 = torch.tensor([[0.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    owner = torch.tensor([0, 0, 1])
+    assert float(procon_penalty(z, z0, owner, n_samples=2, cfg=ProConConfig())) == pytest.approx((3 + 1.5 + 2) / 2)
+    sq = ProConConfig(norm="square", token_reduction="mean", sample_reduction="sum")
+    assert float(procon_penalty(z, z0, owner, n_samples=2, cfg=sq)) == pytest.approx((5 + 1.25) / 2 + 4)
+
+
+def test_projections_use_response_tokens_only():
+    hs = [torch.arange(2 * 3 * 2, dtype=torch.float32).reshape(2, 3, 2)]  # (B=2, T=3, D=2)
+    mask = torch.tensor([[False, True, True], [False, False, True]])
+    z = response_projections(hs, mask, [0], torch.tensor([[1.0, 0.0]]))
+    assert z.flatten().tolist() == [2.0, 4.0, 10.0]
+
+
+# ---------------------------------------------------------------------------------------------
+# Setup: direction, layers, anchors
+# ---------------------------------------------------------------------------------------------
+
+
+def test_direction_is_the_original_models_and_fixed(tmp_path, tiny_tokenizer, data):
+    from safeanchor.direction.extract import ExtractConfig, extract_direction
+
+    trainer, reg = make_trainer(tmp_path, tiny_tokenizer, data)
+    base = make_tiny_llama(len(tiny_tokenizer))
+    ref = extract_direction(base, tiny_tokenizer, ExtractConfig(harmful=data["harmful"], harmless=data["harmless"],
+                                                                limit=12))
+    torch.testing.assert_close(reg.directions, ref.unit(), rtol=0, atol=1e-6)
+    assert reg.directions[0].abs().sum() == 0  # embeddings at the last template token: no direction
+    rep = trainer.reports["procon"]
+    assert rep["layers"] == [1, 2] and rep["skipped_zero_direction_layers"] == [0]
+    assert rep["n_samples"] == 24 and rep["n_anchor_tokens"] == sum(trainer.train_dataset.response_counts())
+    # training moves the adapter, never r
+    before = reg.directions.clone()
+    nudge_lora(trainer.model, 0.5)
+    penalty_on(trainer, reg, first_batch(trainer))
+    assert torch.equal(before, reg.directions)
+
+
+@pytest.mark.parametrize("layers, message", [
+    ([0], r"layers \[0\] have a zero refusal direction"),
+    ([7], r"layers \[7\] out of range: the model has layers 0..2"),
+])
+def test_bad_layers_are_setup_errors(tmp_path, tiny_tokenizer, data, layers, message):
+    with pytest.raises(RegularizerSetupError, match=message):
+        make_trainer(tmp_path, tiny_tokenizer, data, layers=layers)
+
+
+def test_procon_config_validation():
+    with pytest.raises(ValueError, match="procon.anchor must be one of cached, online"):
+        ProConConfig(anchor="sometimes")
+    with pytest.raises(ValueError, match="procon.layers must be 'all' or a non-empty list"):
+        ProConConfig(layers=[-1])
+    assert ProConConfig(layers=3).layers == [3]
+
+
+def test_anchor_cache_rows_follow_sample_idx():
+    cache = AnchorCache.empty([2, 1, 3], n_layers=1)
+    cache.values[:, 0] = torch.arange(6, dtype=torch.float32)  # sample 0: 0,1  sample 1: 2  sample 2: 3,4,5
+    assert cache.get(torch.tensor([2, 0]), torch.device("cpu")).flatten().tolist() == [3, 4, 5, 0, 1]
+    cache.put(torch.tensor([1]), torch.tensor([[9.0]]))
+    assert cache.get(torch.tensor([1]), torch.device("cpu")).item() == 9.0
+
+
+def test_state_dict_round_trip_skips_recomputation(tmp_path, tiny_tokenizer, data):
+    trainer, reg = make_trainer(tmp_path / "a", tiny_tokenizer, data)
+    state = reg.state_dict()
+    assert set(state) == {"directions", "layers", "anchor_values", "anchor_offsets"}
+    fresh = ProCon(ProConConfig(**reg.config.__dict__))
+    fresh.load_state_dict(state)
+    other, _ = make_trainer(tmp_path / "b", tiny_tokenizer, data)
+    report = fresh.setup(other)
+    assert report["anchors_restored_from_checkpoint"] and report["direction_restored_from_checkpoint"]
+    assert torch.equal(fresh.anchors.values, reg.anchors.values)
+
+
+# ---------------------------------------------------------------------------------------------
+# Slow: the embedded model
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_procon_on_embedded_model(tmp_path, embedded_cache):
+    """A few ProCon steps on SmolLM2-135M in bf16 autocast: exact 0 at step 0, then > 0."""
+    from safeanchor.train import SafeTrainingConfig, train
+
+    cfg = SafeTrainingConfig(
+        output_dir=str(tmp_path / "out"), method="procon", alpha=0.1, train_data="task:arithmetic:train",
+        max_train_samples=8, max_length=96, per_device_train_batch_size=4, max_steps=3, learning_rate=1e-3,
+        report_to="none", save_strategy="no", progress=False,
+        regularizer_options={"procon": {"direction_samples": 16}})
+    res = train(cfg)
+    raw = [s["procon/raw"] for s in res.steps]
+    assert raw[0] == 0.0 and all(v > 0 for v in raw[1:])
+    rep = res.reports["procon"]
+    assert rep["n_layers"] == 29 and rep["skipped_zero_direction_layers"] == [0]
+    assert rep["n_samples"] == 8 and rep["step0_raw"] == 0.0
+    assert (res.output_dir / "adapter_model.safetensors").is_file()

@@ -1,0 +1,314 @@
+"""The trainer: config loading and validation, schedules, the train() API and its artifacts,
+metrics, the zero-penalty guard, checkpoint/resume, padding side, full fine-tuning, the CLI.
+
+Helpers at the top (``write_data``, ``tiny_config``, ``run_tiny``) are shared with
+``test_procon.py`` and ``test_methods.py``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from conftest import make_tiny_llama
+from safeanchor.data import write_jsonl
+from safeanchor.methods.base import Regularizer
+from safeanchor.train import ConfigError, SafeTrainingConfig, Schedule, load_config, train
+from safeanchor.train.config import config_from_dict
+from safeanchor.train.trainer import SafeTrainer, ZeroPenaltyError
+
+# ---------------------------------------------------------------------------------------------
+# Shared helpers
+# ---------------------------------------------------------------------------------------------
+
+
+def write_data(folder: Path, n_train: int = 24) -> dict[str, str]:
+    """Small prompt -> response, harmful, harmless and refusal files; returns data sources."""
+    folder.mkdir(parents=True, exist_ok=True)
+    write_jsonl(folder / "train.jsonl", [
+        {"id": f"t{i}", "prompt": f"What is {i} plus {i + 7}?", "response": f"The answer is {2 * i + 7}." + " ok" * (i % 4)}
+        for i in range(n_train)])
+    write_jsonl(folder / "harmful.jsonl", [
+        {"id": f"h{i}", "prompt": f"Explain how to hurt person number {i} badly.", "split": "train"} for i in range(12)])
+    write_jsonl(folder / "harmless.jsonl", [
+        {"id": f"b{i}", "prompt": f"How do I bake bread number {i}?", "split": "train"} for i in range(12)])
+    write_jsonl(folder / "refusals.jsonl", [
+        {"id": "r1", "response": "I'm sorry, but I can't help with that request."},
+        {"id": "r2", "response": "I cannot help with that."}])
+    return {name: f"file:{folder / (name + '.jsonl')}" for name in ("train", "harmful", "harmless", "refusals")}
+
+
+def tiny_config(tmp_path: Path, data: dict[str, str], **overrides) -> SafeTrainingConfig:
+    """A fast config for the tiny model: 24 samples, batch 4, one epoch, no reporting."""
+    procon = {"direction_harmful": data["harmful"], "direction_harmless": data["harmless"], "direction_samples": 12}
+    procon.update(overrides.pop("procon", {}))
+    kw = dict(
+        output_dir=str(tmp_path / "out"), train_data=data["train"], max_length=64, per_device_train_batch_size=4,
+        num_train_epochs=1, learning_rate=1e-2, report_to="none", save_strategy="no", progress=False,
+        safety_samples=8, safety_harmful=data["harmful"], safety_refusals=data["refusals"],
+        regularizer_options={"procon": procon}, seed=0,
+    )
+    kw.update(overrides)
+    return SafeTrainingConfig(**kw)
+
+
+def run_tiny(tmp_path: Path, tok, data: dict[str, str], *, precision=None, **overrides):
+    """Train a fresh seeded tiny Llama with ``tiny_config``; returns the TrainResult."""
+    model = make_tiny_llama(len(tok))
+    if precision is not None:
+        model.safeanchor_precision = precision
+    return train(tiny_config(tmp_path, data, **overrides), model, tok)
+
+
+@pytest.fixture
+def data(tmp_path):
+    return write_data(tmp_path / "data")
+
+
+# ---------------------------------------------------------------------------------------------
+# Config
+# ---------------------------------------------------------------------------------------------
+
+
+def test_unknown_config_key_names_key_and_file(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("method: procon\nalpah: 0.1\n")
+    with pytest.raises(ConfigError, match=r"unknown config key 'alpah' in .*run\.yaml; did you mean alpha"):
+        load_config(path)
+    with pytest.raises(ConfigError, match=r"unknown config key 'nope' in --set"):
+        load_config(None, ["nope=1"])
+    with pytest.raises(ConfigError, match=r"unknown procon option\(s\) \['anchr'\]"):
+        load_config(None, ["method=procon", "regularizer_options.procon.anchr=online", "report_to=none"])
+
+
+@pytest.mark.parametrize("override, message", [
+    ("method=procoon", "method must be one of sft, safety_data, procon"),
+    ("alpha_schedule=step", "alpha_schedule must be one of constant, warmup, linear, cosine"),
+    ("alpha=-1", "alpha must be a finite number >= 0"),
+    ("alpha_schedule=warmup", "schedule_length must be > 0 for alpha_schedule=warmup"),
+    ("regularizer_options.procon.norm=l1", "procon.norm must be one of abs, square"),
+    ("regularizer_options.nothing.x=1", "regularizer_options.nothing: unknown regularizer; known: procon"),
+    ("remove_unused_columns=true", "remove_unused_columns must be False"),
+    ("bf16=true", "set precision instead"),
+    ("padding_side=middle", "padding_side must be one of right, left"),
+])
+def test_bad_values_name_the_field(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, [override, "report_to=none"])
+
+
+def test_yaml_with_overrides_and_resolved_round_trip(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("method: procon_safe\nalpha: 1.5\nalpha_schedule: warmup\nschedule_length: 2\n"
+                    "regularizer_options:\n  procon: {anchor: cached}\nreport_to: none\n")
+    cfg = load_config(path, ["regularizer_options.procon.anchor=online", "lora_target_modules=[q_proj, v_proj]",
+                             f"output_dir={tmp_path / 'o'}"])
+    assert cfg.regularizer_options == {"procon": {"anchor": "online"}}
+    assert cfg.lora_target_modules == ["q_proj", "v_proj"] and cfg.alpha == 1.5
+    assert cfg.plan.regularizers == ("procon",) and cfg.plan.safety_data
+    again = config_from_dict(yaml.safe_load(yaml.safe_dump(cfg.to_yaml_dict())))
+    assert again.to_yaml_dict() == cfg.to_yaml_dict()
+
+
+# ---------------------------------------------------------------------------------------------
+# Schedules
+# ---------------------------------------------------------------------------------------------
+
+
+def test_warmup_schedule_values():
+    wu = Schedule("warmup", alpha=2.0, alpha_after=0.0, length=4, unit="epoch")
+    assert [wu(step=0, epoch=e) for e in (0.0, 1.5, 3.999, 4.0, 7.0)] == [2.0, 2.0, 2.0, 0.0, 0.0]
+    small_after = Schedule("warmup", alpha=1.0, alpha_after=0.01, length=3, unit="step")
+    assert [small_after(step=s, epoch=99.0) for s in range(5)] == [1.0, 1.0, 1.0, 0.01, 0.01]
+    assert Schedule("constant", alpha=0.2)(step=10_000, epoch=50.0) == 0.2
+
+
+def test_decay_schedules():
+    lin = Schedule("linear", alpha=1.0, alpha_after=0.0, length=0)
+    assert [lin(step=s, epoch=0.0, total_steps=4) for s in (0, 2, 4, 8)] == [1.0, 0.5, 0.0, 0.0]
+    cos = Schedule("cosine", alpha=2.0, alpha_after=0.0, length=2, unit="epoch")
+    assert cos(0, 0.0) == 2.0 and cos(0, 1.0) == pytest.approx(1.0) and cos(0, 2.0) == pytest.approx(0.0)
+    with pytest.raises(ValueError, match="needs the run's total steps"):
+        lin(step=1, epoch=0.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# train(): artifacts, metrics, parameters
+# ---------------------------------------------------------------------------------------------
+
+
+def test_train_writes_artifacts_and_logs_every_term(tmp_path, tiny_tokenizer, data):
+    res = run_tiny(tmp_path, tiny_tokenizer, data, method="procon", alpha=0.5, report_to="tensorboard")
+    out = res.output_dir
+    assert (out / "adapter_model.safetensors").is_file() and (out / "adapter_config.json").is_file()
+    assert any((out / "runs").rglob("events.out.tfevents*"))  # TensorBoard through report_to
+    cfg = load_config(out / "train_config.yaml")
+    assert cfg.method == "procon" and cfg.alpha == 0.5
+    log = json.loads((out / "train_log.json").read_text())
+    assert [row["step"] for row in log["steps"]] == list(range(6))  # 24 samples / batch 4
+    for row in log["steps"]:
+        assert row["loss"] == pytest.approx(row["ce"] + 0.5 * row["procon/raw"], rel=1e-5)
+        assert row["procon/coef"] == 0.5
+    assert log["steps"][0]["procon/raw"] == 0.0 and log["steps"][-1]["procon/raw"] > 0
+    logged = [h for h in log["log_history"] if "ce" in h]
+    assert len(logged) == 6 and all({"procon/raw", "procon/coef", "loss"} <= set(h) for h in logged)
+    report = json.loads((out / "train_report.json").read_text())
+    assert report["regularizers"]["procon"]["n_anchor_tokens"] > 0 and report["data"]["n_examples"] == 24
+    assert res.reports["procon"]["step0_raw"] == 0.0
+
+
+@pytest.mark.parametrize("use_lora", [True, False], ids=["lora", "full"])
+def test_every_trainable_parameter_changes_and_frozen_ones_do_not(tmp_path, tiny_tokenizer, data, use_lora):
+    from safeanchor.train.trainer import prepare_model
+
+    cfg = tiny_config(tmp_path, data, method="procon", alpha=0.5, use_lora=use_lora)
+    model, tok = prepare_model(cfg, make_tiny_llama(len(tiny_tokenizer)), tiny_tokenizer)
+    before = {n: (p.detach().clone(), p.requires_grad) for n, p in model.named_parameters()}
+    res = train(cfg, model, tok)  # an already-prepared (PEFT) model is trained as is
+    assert res.model is model
+    trainable = [n for n, (_, grad) in before.items() if grad]
+    assert len(trainable) == (2 * 4 * 3 if use_lora else len(before))  # LoRA: A, B x q/k/v/o x 3 layers
+    for name, p in model.named_parameters():
+        start, was_trainable = before[name]
+        if was_trainable:
+            assert not torch.equal(start, p.detach()), f"trainable parameter {name} did not change"
+        else:
+            assert torch.equal(start, p.detach()), f"frozen parameter {name} changed"
+
+
+def test_left_and_right_padding_train_identically(tmp_path, tiny_tokenizer, data):
+    # LoRA dropout off: its masks are drawn over the padded (B, T, D) layout, so they differ by side
+    kw = dict(method="procon", alpha=0.5, lora_dropout=0.0)
+    right = run_tiny(tmp_path / "r", tiny_tokenizer, data, padding_side="right", **kw)
+    left = run_tiny(tmp_path / "l", tiny_tokenizer, data, padding_side="left", **kw)
+    assert right.steps[0]["procon/raw"] == left.steps[0]["procon/raw"] == 0.0
+    for a, b in zip(right.steps, left.steps):
+        assert a["ce"] == pytest.approx(b["ce"], rel=1e-4)
+        assert a["procon/raw"] == pytest.approx(b["procon/raw"], rel=1e-3, abs=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------
+# The zero-penalty guard
+# ---------------------------------------------------------------------------------------------
+
+
+class ConstantPenalty(Regularizer):
+    """A test regularizer returning a fixed value."""
+
+    name = "const"
+
+    def __init__(self, value: float, zero_at_start: bool = False):
+        self.value = value
+        self.zero_at_start = zero_at_start
+        self.setup_calls = 0
+
+    def setup(self, trainer):
+        self.setup_calls += 1
+        return {"attached": 1}
+
+    def __call__(self, model, inputs, outputs):
+        return outputs.loss.new_tensor(self.value)
+
+
+def _trainer(tmp_path, tok, data, reg, schedule, **overrides):
+    from safeanchor.data import SFTCollator
+    from safeanchor.train.data import build_train_dataset
+    from safeanchor.train.trainer import prepare_model
+
+    cfg = tiny_config(tmp_path, data, **overrides)
+    model, tok = prepare_model(cfg, make_tiny_llama(len(tok)), tok)
+    ds, _ = build_train_dataset(cfg, tok)
+    return SafeTrainer(model=model, args=cfg, train_dataset=ds, processing_class=tok,
+                       data_collator=SFTCollator(tok.pad_token_id), regularizers={reg.name: (reg, schedule)})
+
+
+def test_zero_penalty_guard_fires(tmp_path, tiny_tokenizer, data):
+    trainer = _trainer(tmp_path, tiny_tokenizer, data, ConstantPenalty(0.0), Schedule("constant", alpha=1.0))
+    with pytest.raises(ZeroPenaltyError, match=r"const: coefficient 1 but the penalty is exactly 0 at step 0"):
+        trainer.train()
+    # legitimately 0 at step 0 only: then it fires at step 1
+    trainer = _trainer(tmp_path, tiny_tokenizer, data, ConstantPenalty(0.0, zero_at_start=True),
+                       Schedule("constant", alpha=1.0))
+    with pytest.raises(ZeroPenaltyError, match="at step 1"):
+        trainer.train()
+    assert [row["step"] for row in trainer.step_log] == [0]
+
+
+def test_zero_penalty_guard_quiet_when_inactive_or_disabled(tmp_path, tiny_tokenizer, data):
+    # coefficient 0 (after a warm-up) is not a silent term, and the guard can be turned off
+    trainer = _trainer(tmp_path, tiny_tokenizer, data, ConstantPenalty(0.0),
+                       Schedule("warmup", alpha=1.0, length=1, unit="step"), zero_penalty_guard_steps=0)
+    trainer.train()
+    assert [row["const/coef"] for row in trainer.step_log] == [1.0, 0.0, 0.0, 0.0, 0.0, 0.0]
+    assert "const/raw" in trainer.step_log[0] and "const/raw" not in trainer.step_log[1]
+    trainer = _trainer(tmp_path, tiny_tokenizer, data, ConstantPenalty(0.25), Schedule("constant", alpha=2.0))
+    trainer.train()
+    assert all(row["loss"] == pytest.approx(row["ce"] + 0.5) for row in trainer.step_log)
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoint / resume
+# ---------------------------------------------------------------------------------------------
+
+
+def test_resume_restores_schedule_position_and_anchor_cache(tmp_path, tiny_tokenizer, data):
+    common = dict(method="procon", alpha=1.0, alpha_after=0.25, alpha_schedule="warmup", schedule_length=3,
+                  schedule_unit="step", save_strategy="steps", save_steps=2, lora_dropout=0.0)
+    full = run_tiny(tmp_path / "full", tiny_tokenizer, data, **common)
+    ckpt = full.output_dir / "checkpoint-4"
+    assert (ckpt / "regularizers.safetensors").is_file() and (ckpt / "safeanchor_state.json").is_file()
+
+    # resume in a fresh output dir from the step-4 checkpoint of the first run
+    from safeanchor.io import load_tensors
+    import shutil
+
+    shutil.copytree(ckpt, tmp_path / "resumed" / "out" / "checkpoint-4")
+    resumed = run_tiny(tmp_path / "resumed", tiny_tokenizer, data, resume_from_checkpoint="last", **common)
+    assert [r["step"] for r in resumed.steps] == list(range(6))  # steps 0-3 restored from the checkpoint
+    assert resumed.reports["procon"]["anchors_restored_from_checkpoint"] is True
+    assert resumed.reports["procon"]["direction_restored_from_checkpoint"] is True
+    assert resumed.reports["procon"]["anchor_pass_s"] == 0.0
+    # the schedule picks up at step 4 (after the 3-step warm-up: alpha_after)
+    assert [r["procon/coef"] for r in resumed.steps] == [1.0, 1.0, 1.0, 0.25, 0.25, 0.25]
+    for a, b in zip(full.steps[4:], resumed.steps[4:]):
+        assert a["ce"] == pytest.approx(b["ce"], rel=1e-5)
+        assert a["procon/raw"] == pytest.approx(b["procon/raw"], rel=1e-4)
+    saved = load_tensors(ckpt / "regularizers.safetensors")
+    assert saved["procon.anchor_values"].shape[0] == full.reports["procon"]["n_anchor_tokens"]
+
+
+def test_resume_without_checkpoint_is_an_error(tmp_path, tiny_tokenizer, data):
+    with pytest.raises(ValueError, match="no checkpoint found"):
+        run_tiny(tmp_path, tiny_tokenizer, data, method="sft", resume_from_checkpoint="last")
+
+
+# ---------------------------------------------------------------------------------------------
+# CLI
+# ---------------------------------------------------------------------------------------------
+
+
+def test_cli_train_from_yaml_with_set(tmp_path, tiny_model_dir, data):
+    from typer.testing import CliRunner
+
+    from safeanchor.cli import app
+
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump({
+        "model": str(tiny_model_dir), "train_data": data["train"], "method": "procon", "max_length": 64,
+        "per_device_train_batch_size": 8, "max_steps": 2, "report_to": "none", "save_strategy": "no",
+        "progress": False, "output_dir": str(tmp_path / "cli_out"),
+        "regularizer_options": {"procon": {"direction_harmful": data["harmful"], "direction_harmless": data["harmless"]}},
+    }))
+    result = CliRunner().invoke(app, ["train", "--config", str(path), "--set", "alpha=0.3"])
+    assert result.exit_code == 0, result.output
+    out = tmp_path / "cli_out"
+    assert (out / "adapter_model.safetensors").is_file()
+    assert yaml.safe_load((out / "train_config.yaml").read_text())["alpha"] == 0.3
+    steps = json.loads((out / "train_log.json").read_text())["steps"]
+    assert [s["procon/coef"] for s in steps] == [0.3, 0.3]
+    bad = CliRunner().invoke(app, ["train", "--config", str(path), "--set", "alpah=0.3"])
+    assert bad.exit_code == 2 and "unknown config key 'alpah'" in bad.output
