@@ -16,7 +16,6 @@ from safeanchor.pipelines.align import (
     AlignConfig,
     _finish_at_sentence,
     build_safe_model_atomic,
-    load_refusals,
 )
 
 TINY_OPTS = dict(n_harmful=6, n_harmless=6, answer_max_new_tokens=8, eval_limit=3, eval_max_new_tokens=6,
@@ -66,11 +65,16 @@ def test_merged_weights_changed_only_in_lora_targets(built, tiny_model_dir):
 
 
 def test_training_data_pairs_refusals_deterministically(built):
+    from safeanchor.data import load_source
+    from safeanchor.methods.safety_data import load_refusals, pair_safety_samples
+
     out, _ = built
     rows = [json.loads(x) for x in (out / "alignment" / "train_data.jsonl").read_text().splitlines()]
     harmful = [r for r in rows if r["kind"] == "harmful"]
-    refusals = load_refusals()
-    assert [r["response"] for r in harmful] == [refusals[i % len(refusals)] for i in range(6)]
+    prompts = load_source("bundled:harmful:train", limit=6)
+    want = pair_safety_samples(prompts, load_refusals(), 6, seed=0)
+    assert [(r["prompt"], r["response"]) for r in harmful] == [(w.prompt, w.response) for w in want]
+    assert sorted(r["prompt"] for r in harmful) == sorted(p.prompt for p in prompts)  # each prompt once
     assert all(r["kind"] == "harmless" and r["response"].strip() for r in rows[len(harmful):])
 
 

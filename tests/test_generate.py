@@ -89,6 +89,10 @@ def test_backend_choice_and_settings():
             resolve_backend("vllm")
     with pytest.raises(ValueError, match="auto, hf, vllm"):
         resolve_backend("tgi")
+    model = make_tiny_llama(64)
+    handle = model.model.layers[0].register_forward_pre_hook(lambda mod, args: None)
+    assert resolve_backend("auto", model) == "hf"  # hooks (ablation/steering) never go to vLLM
+    handle.remove()
     s = decoding_settings(32, 8)
     assert s["strategy"] == "greedy" and s["max_new_tokens"] == 32 and s["padding_side"] == "left"
 

@@ -26,10 +26,13 @@ def data(tmp_path):
 
 
 def make_trainer(tmp_path, tok, data, *, anchor="cached", use_lora=True, precision=None, padding_side="right",
-                 **procon):
-    """A SafeTrainer with ProCon set up (anchors computed) but not trained."""
+                 lora_dropout=0.0, **procon):
+    """A SafeTrainer with ProCon set up (anchors computed) but not trained.
+
+    LoRA dropout defaults to 0 here so that two forward passes can be compared value for value
+    once B != 0 (with dropout each pass draws its own mask)."""
     cfg = tiny_config(tmp_path, data, method="procon", alpha=1.0, use_lora=use_lora, padding_side=padding_side,
-                      procon={"anchor": anchor, **procon})
+                      lora_dropout=lora_dropout, procon={"anchor": anchor, **procon})
     model = make_tiny_llama(len(tok))
     if precision is not None:
         model.safeanchor_precision = precision
@@ -43,10 +46,10 @@ def make_trainer(tmp_path, tok, data, *, anchor="cached", use_lora=True, precisi
     return trainer, reg
 
 
-def penalty_on(trainer, reg, batch):
+def penalty_on(trainer, reg, batch, train_mode=True):
     """ProCon on ``batch`` with the trainer's model, in training mode and precision."""
     model = trainer.model
-    model.train()
+    model.train(train_mode)
     with trainer.autocast_smart_context_manager():
         out = model(**forward_inputs(batch), labels=batch["labels"], output_hidden_states=True)
         return reg(model, batch, out)
@@ -73,13 +76,13 @@ def nudge_lora(model, scale: float, seed: int = 1):
 @pytest.mark.parametrize("anchor", ["cached", "online"])
 @pytest.mark.parametrize("precision", [None, BF16_AUTOCAST], ids=["fp32", "bf16-autocast"])
 def test_penalty_is_exactly_zero_at_step0_and_grows(tmp_path, tiny_tokenizer, data, anchor, precision):
-    trainer, reg = make_trainer(tmp_path, tiny_tokenizer, data, anchor=anchor, precision=precision)
+    trainer, reg = make_trainer(tmp_path, tiny_tokenizer, data, anchor=anchor, precision=precision, lora_dropout=0.05)
     batch = first_batch(trainer)
     assert float(penalty_on(trainer, reg, batch)) == 0.0  # LoRA B = 0 and dropout only on that branch
     values = []
     for scale in (0.01, 0.1, 0.5):
         nudge_lora(trainer.model, scale)
-        values.append(float(penalty_on(trainer, reg, batch)))
+        values.append(float(penalty_on(trainer, reg, batch, train_mode=False)))
     assert 0 < values[0] < values[1] < values[2]
 
 

@@ -43,14 +43,17 @@ def write_data(folder: Path, n_train: int = 24) -> dict[str, str]:
 
 
 def tiny_config(tmp_path: Path, data: dict[str, str], **overrides) -> SafeTrainingConfig:
-    """A fast config for the tiny model: 24 samples, batch 4, one epoch, no reporting."""
+    """A fast config for the tiny model: 24 samples, batch 4, one epoch, no reporting.
+
+    ``procon={...}`` updates the ProCon options (direction prompts default to the test files);
+    ``regularizer_options={...}`` adds other regularizers' options."""
     procon = {"direction_harmful": data["harmful"], "direction_harmless": data["harmless"], "direction_samples": 12}
     procon.update(overrides.pop("procon", {}))
     kw = dict(
         output_dir=str(tmp_path / "out"), train_data=data["train"], max_length=64, per_device_train_batch_size=4,
         num_train_epochs=1, learning_rate=1e-2, report_to="none", save_strategy="no", progress=False,
         safety_samples=8, safety_harmful=data["harmful"], safety_refusals=data["refusals"],
-        regularizer_options={"procon": procon}, seed=0,
+        regularizer_options={"procon": procon, **overrides.pop("regularizer_options", {})}, seed=0,
     )
     kw.update(overrides)
     return SafeTrainingConfig(**kw)
@@ -312,3 +315,18 @@ def test_cli_train_from_yaml_with_set(tmp_path, tiny_model_dir, data):
     assert [s["procon/coef"] for s in steps] == [0.3, 0.3]
     bad = CliRunner().invoke(app, ["train", "--config", str(path), "--set", "alpah=0.3"])
     assert bad.exit_code == 2 and "unknown config key 'alpah'" in bad.output
+
+
+# ---------------------------------------------------------------------------------------------
+# Drift monitoring
+# ---------------------------------------------------------------------------------------------
+
+
+def test_drift_monitoring_during_training(tmp_path, tiny_tokenizer, data):
+    res = run_tiny(tmp_path, tiny_tokenizer, data, method="procon", alpha=0.5, drift_every_steps=3,
+                   drift_harmful=data["harmful"], drift_harmless=data["harmless"], drift_samples=6)
+    drift = [h for h in res.log_history if "drift/cos_mean" in h]
+    assert [h["step"] for h in drift] == [0, 3, 6]
+    assert drift[0]["drift/cos_mean"] == pytest.approx(1.0)  # the original model against itself
+    assert all(-1.0 <= h["drift/cos_min"] <= h["drift/cos_mean"] <= 1.0 + 1e-6 for h in drift)
+    assert (res.output_dir / "drift_history.json").is_file()

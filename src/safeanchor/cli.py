@@ -25,6 +25,7 @@ _COMMAND_MODULES = [
     "safeanchor.train.commands",
     "safeanchor.evaluate.commands",
     "safeanchor.pipelines.commands",
+    "safeanchor.pipelines.run_commands",
 ]
 
 

@@ -115,14 +115,12 @@ class RefusalDirection:
         return None if not sel else (int(sel["layer"]), int(sel["pos"]))
 
     def best_layer(self, pos: int = -1) -> int:
-        """The selected layer if selection ran at ``pos``, else the layer with the highest held-out
-        AUROC recorded at extraction, else the largest relative mean difference
-        ``‖r‖ / ‖(μ_h + μ_b)/2‖`` among layers < 0.8·L (Arditi's layer filter)."""
+        """The selected layer if Arditi selection ran at ``pos``; otherwise a data-free heuristic:
+        the largest relative mean difference ``‖r‖ / ‖(μ_h + μ_b)/2‖`` among layers < 0.8·L
+        (Arditi's layer filter). Held-out AUROC is not used: it would pick the layer on the
+        prompts the steering check then reports on."""
         if self.selected is not None and self.selected[1] == pos:
             return self.selected[0]
-        sep = self.info.get("auroc")
-        if sep and sep.get("pos") == pos:
-            return int(sep["best_layer"])
         p = self.pos_index(pos)
         mid = (self.harmful_mean[p] + self.harmless_mean[p]) / 2  # (L, D)
         rel = self.norms[p] / mid.norm(dim=-1)  # (L,)

@@ -137,10 +137,7 @@ def direction(
             h, b = load_source(auroc_harmful, limit=auroc_limit), load_source(auroc_harmless, limit=auroc_limit)
             with console.status("held-out AUROC"):
                 per_layer = layer_auroc(m, tok, rd, h, b, pos=-1, batch_size=batch_size)
-            best = max(range(len(per_layer)), key=lambda l: per_layer[l])
-            rd.info["auroc"] = {"harmful": auroc_harmful, "harmless": auroc_harmless, "n_harmful": len(h),
-                                "n_harmless": len(b), "pos": -1, "per_layer": per_layer,
-                                "best_layer": best, "best": per_layer[best]}
+            rd.info["auroc"] = _auroc_info(auroc_harmful, auroc_harmless, h, b, -1, per_layer)
             timing["auroc_s"] = round(time.perf_counter() - t0, 2)
         if sel_cfg is not None:
             if select_positions == "all":
@@ -157,6 +154,12 @@ def direction(
         plot_selection_scores({**rd.info["selection"], "selected": rd.info["selected"]}, out / "selection.png")
     _print_direction(rd)
     console.print(f"wrote [bold]{out}[/bold] ({', '.join(f'{k} {v} s' for k, v in timing.items())})")
+
+
+def _auroc_info(harmful: str, harmless: str, h: list, b: list, pos: int, per_layer: list[float]) -> dict:
+    best = max(range(len(per_layer)), key=lambda l: per_layer[l])
+    return {"harmful": harmful, "harmless": harmless, "n_harmful": len(h), "n_harmless": len(b), "pos": pos,
+            "per_layer": per_layer, "best_layer": best, "best": per_layer[best]}
 
 
 def _print_direction(rd) -> None:
@@ -226,19 +229,17 @@ def auroc_command(
         h, b = load_source(harmful, limit=limit), load_source(harmless, limit=limit)
         with console.status("projecting held-out prompts"):
             per_layer = layer_auroc(m, tok, rd, h, b, pos=pos, batch_size=batch_size)
-    best = max(range(len(per_layer)), key=lambda l: per_layer[l])
+    info = _auroc_info(harmful, harmless, h, b, pos, per_layer)
     t = Table(title=f"AUROC per layer ({len(h)} harmful vs {len(b)} harmless, position {pos})")
     t.add_column("layer", justify="right")
     t.add_column("AUROC", justify="right")
     for l, a in enumerate(per_layer):
         t.add_row(str(l), f"{a:.3f}")
     console.print(t)
-    console.print(f"best AUROC {per_layer[best]:.3f} at layer {best}")
+    console.print(f"best AUROC {info['best']:.3f} at layer {info['best_layer']}")
     if out is not None:
         write_json(out / "auroc.json", {"direction": str(direction_dir), "model": model or rd.info["model"],
-                                        "harmful": harmful, "harmless": harmless, "n_harmful": len(h),
-                                        "n_harmless": len(b), "pos": pos, "per_layer": per_layer,
-                                        "best_layer": best, "best": per_layer[best], "provenance": provenance()})
+                                        **info, "provenance": provenance()})
         plot_layer_auroc(per_layer, out / "auroc.png", title=f"AUROC per layer: {harmful} vs {harmless}")
         console.print(f"wrote [bold]{out}[/bold]")
 

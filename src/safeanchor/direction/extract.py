@@ -176,7 +176,6 @@ def iter_activations(
     device = model_device(model)
     prec = model_precision(model)
     off = torch.tensor(list(offsets), dtype=torch.long)  # (P,)
-    n_layers = len(layers) if layers is not None else None
     for idx, ids, mask, pos_ids in encode_batches(tokenizer, records, batch_size=batch_size,
                                                   max_length=max_length, padding_side=padding_side):
         if int(mask.sum(1).min()) < len(off):
@@ -187,9 +186,7 @@ def iter_activations(
                 capture_block_inputs(model, layers=layers, positions=gather, stop_early=True) as store:
             forward_until_captured(model, input_ids=ids.to(device), attention_mask=mask.to(device),
                                    position_ids=pos_ids.to(device), use_cache=False)
-        keys = sorted(store)
-        assert n_layers is None or len(keys) == n_layers
-        acts = torch.stack([store[k] for k in keys], dim=2).float()  # (B, P, L', D)
+        acts = torch.stack([store[k] for k in sorted(store)], dim=2).float()  # (B, P, L', D)
         yield idx, acts
 
 
@@ -248,7 +245,7 @@ def extract_direction(model, tokenizer, config: ExtractConfig | None = None, *,
     some_prompt = encode_prompt(tokenizer, sets["harmful"][0], max_length=cfg.max_length)
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     info = {
-        "model": getattr(model, "safeanchor_source", None) or getattr(base.config, "_name_or_path", None),
+        "model": getattr(model, "safeanchor_source", None) or getattr(base.config, "_name_or_path", None) or None,
         "model_type": base.config.model_type,
         "fingerprint": model_fingerprint(model),
         "n_layers": int(mu_h.shape[1]),

@@ -10,7 +10,8 @@ Backends:
 * ``vllm`` -- optional, used when the ``vllm`` package is installed and a CUDA GPU is present.
   vLLM needs weights on disk, so the *in-memory* weights are exported (adapters merged) to a
   temporary folder first; answers therefore always come from the weights you passed, never a
-  stale checkpoint. Output format is identical (a list of strings in input order). **Untested in
+  stale checkpoint. A model with forward hooks (ablation, steering) always uses ``hf``, since
+  vLLM would ignore the hooks. Output format is identical (a list of strings in input order). **Untested in
   this repository's CI** (no GPU, no vLLM); it is import-guarded and falls back to ``hf`` under
   ``backend="auto"``.
 
@@ -72,14 +73,25 @@ def vllm_available() -> bool:
     return True
 
 
-def resolve_backend(backend: str) -> str:
-    """``auto`` -> ``vllm`` when :func:`vllm_available`, else ``hf``; explicit choices are checked."""
+def has_hooks(model) -> bool:
+    """True when any module carries forward (pre-)hooks, e.g. direction ablation or steering.
+    vLLM would silently ignore them, so such a model is always generated with ``hf``."""
+    return any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+
+
+def resolve_backend(backend: str, model=None) -> str:
+    """``auto`` -> ``vllm`` when :func:`vllm_available` and the model has no hooks, else ``hf``;
+    explicit choices are checked."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
+    hooked = model is not None and has_hooks(model)
     if backend == "auto":
-        return "vllm" if vllm_available() else "hf"
-    if backend == "vllm" and not vllm_available():
-        raise RuntimeError("backend='vllm' needs the vllm package and a CUDA GPU (pip install 'safeanchor[vllm]')")
+        return "vllm" if vllm_available() and not hooked else "hf"
+    if backend == "vllm":
+        if not vllm_available():
+            raise RuntimeError("backend='vllm' needs the vllm package and a CUDA GPU (pip install 'safeanchor[vllm]')")
+        if hooked:
+            raise RuntimeError("backend='vllm' cannot run a model with forward hooks (ablation/steering); use 'hf'")
     return backend
 
 
@@ -163,7 +175,7 @@ def generate(
     if not records:
         return []
     encoded = [encode_prompt(tokenizer, r, max_length=max_prompt_tokens) for r in records]
-    if resolve_backend(backend) == "vllm":
+    if resolve_backend(backend, model) == "vllm":
         return _generate_vllm(model, tokenizer, encoded, max_new_tokens=max_new_tokens)
     new = generate_ids(model, tokenizer, encoded, max_new_tokens=max_new_tokens, batch_size=batch_size,
                        progress=progress, desc=desc)
@@ -182,24 +194,31 @@ def decoding_settings(max_new_tokens: int, batch_size: int, *, backend: str = "h
 # vLLM (optional; untested here -- see the module docstring)
 # ---------------------------------------------------------------------------------------------
 
-_VLLM_ENGINES: dict[str, object] = {}  # model fingerprint -> vllm.LLM, so repeated calls reuse one engine
+_VLLM_ENGINE: dict[str, object] = {}  # {model fingerprint: vllm.LLM}; at most one engine lives at a time
 
 
 def _generate_vllm(model, tokenizer, encoded: list[list[int]], *, max_new_tokens: int) -> list[str]:
+    import gc
+
     from vllm import LLM, SamplingParams
 
     from ..models import model_fingerprint
 
     key = model_fingerprint(model)
-    llm = _VLLM_ENGINES.get(key)
-    if llm is None:
+    if key not in _VLLM_ENGINE:
+        _VLLM_ENGINE.clear()  # weights changed (e.g. more training): free the stale engine first
+        gc.collect()
+        torch.cuda.empty_cache()
+        free, total = torch.cuda.mem_get_info()
         export = tempfile.mkdtemp(prefix="safeanchor-vllm-")
         try:
             _export_merged(model, tokenizer, export)
-            llm = LLM(model=export, tokenizer=export, dtype="auto", seed=0)
+            # the HF model stays on the GPU: give vLLM most of what is free, not 90% of the card
+            _VLLM_ENGINE[key] = LLM(model=export, tokenizer=export, dtype="auto", seed=0,
+                                    gpu_memory_utilization=max(0.05, 0.8 * free / total))
         finally:
-            shutil.rmtree(export, ignore_errors=True)  # the engine has loaded the weights
-        _VLLM_ENGINES[key] = llm
+            shutil.rmtree(export, ignore_errors=True)  # the engine has loaded weights and tokenizer
+    llm = _VLLM_ENGINE[key]
     params = SamplingParams(temperature=0.0, max_tokens=max_new_tokens, stop_token_ids=stop_token_ids(model, tokenizer),
                             skip_special_tokens=True)
     outputs = llm.generate([{"prompt_token_ids": ids} for ids in encoded], params, use_tqdm=False)

@@ -193,7 +193,7 @@ def evaluate_model(model, tokenizer, config: EvalConfig | None = None) -> dict[s
         "model": {"name": cfg.model_name or getattr(model, "safeanchor_source", None), "adapter": cfg.adapter,
                   "fingerprint": model_fingerprint(model), "peft": hasattr(model, "peft_config"),
                   "precision": {"dtype": str(prec.dtype), "autocast": str(prec.autocast) if prec.autocast else None}},
-        "decoding": {**decoding_settings(cfg.max_new_tokens, cfg.batch_size, backend=resolve_backend(cfg.backend)),
+        "decoding": {**decoding_settings(cfg.max_new_tokens, cfg.batch_size, backend=resolve_backend(cfg.backend, model)),
                      "task_max_new_tokens": task_tokens},
         "judges": {"keyword": keyword.settings(), "llm": llm.settings() if llm else None,
                    "classifier": classifier.settings() if classifier else None},

@@ -23,14 +23,11 @@ True
 from __future__ import annotations
 
 import json
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping
 
 import torch
-
-log = logging.getLogger(__name__)
 
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 
@@ -50,8 +47,8 @@ def lora_modules(model, target_modules: Iterable[str] | None = None) -> dict[str
     ``target_modules``: keep only modules whose last name component is listed (``q_proj``) or
     whose full name is listed. The keys equal the checkpoint keys without ``.weight``.
 
-    >>> # lora_modules(peft_model, ["q_proj", "v_proj"])  # doctest: +SKIP
-    >>> # {'model.layers.0.self_attn.q_proj': Linear(...), ...}
+    >>> # lora_modules(peft_model, ["q_proj", "v_proj"])
+    >>> # -> {'model.layers.0.self_attn.q_proj': <lora.Linear>, 'model.layers.0.self_attn.v_proj': ...}
     """
     from peft.tuners.lora import LoraLayer
 

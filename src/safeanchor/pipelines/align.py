@@ -21,7 +21,6 @@ the defaults below (tuned on the train/val splits only).
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -49,6 +48,8 @@ class AlignConfig:
                                 metadata={"help": "prompts the aligned model must refuse"})
     harmless_source: str = field(default="bundled:harmless:train",
                                  metadata={"help": "prompts it must keep answering (answers: the base model's own)"})
+    refusals_source: str = field(default="bundled:refusals",
+                                 metadata={"help": "refusal texts paired with the harmful prompts (bundled: or file:)"})
     n_harmful: int | None = field(default=None, metadata={"help": "use the first n harmful prompts; None = all"})
     n_harmless: int | None = field(default=None, metadata={"help": "use the first n harmless prompts; None = all"})
     answer_max_new_tokens: int = field(default=96, metadata={"help": "length of the base model's harmless answers"})
@@ -114,18 +115,6 @@ class AlignConfig:
 # ---------------------------------------------------------------------------------------------
 
 
-def load_refusals() -> list[str]:
-    """The bundled refusal answers (records with ``id`` and ``response`` only)."""
-    from ..data.sources import bundled_dir
-
-    path = bundled_dir() / "refusals.jsonl"
-    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    refusals = [r["response"] for r in rows if r.get("response", "").strip()]
-    if not refusals:
-        raise ValueError(f"{path}: no refusal responses")
-    return refusals
-
-
 def _finish_at_sentence(text: str) -> str:
     """Cut an answer that ran into the token limit back to its last complete sentence, so the
     model is not taught to stop mid-sentence (the template appends the end-of-turn token)."""
@@ -138,14 +127,15 @@ def build_training_records(model, tokenizer, cfg: AlignConfig) -> tuple[list, di
     from ..data import Record, load_source
     from ..evaluate.generate import generate
     from ..evaluate.judges import is_refusal
+    from ..methods.safety_data import load_refusals, pair_safety_samples
 
     harmful = load_source(cfg.harmful_source, limit=cfg.n_harmful)
     harmless = load_source(cfg.harmless_source, limit=cfg.n_harmless)
-    refusals = load_refusals()
-    # deterministic pairing: prompt i gets refusal i mod n (the file order mixes categories)
-    records = [Record(h.prompt, refusals[i % len(refusals)], system=h.system, id=h.id,
-                      meta={"kind": "harmful", "category": h.meta.get("category")})
-               for i, h in enumerate(harmful)]
+    refusals = load_refusals(cfg.refusals_source)
+    # every harmful prompt exactly once (one shuffled round), each with a seeded refusal
+    records = [Record(r.prompt, r.response, system=r.system, id=r.meta["harmful_id"],
+                      meta={"kind": "harmful", "category": r.meta.get("category")})
+               for r in pair_safety_samples(harmful, refusals, len(harmful), seed=cfg.seed)]
 
     answers = generate(model, tokenizer, harmless, max_new_tokens=cfg.answer_max_new_tokens,
                        batch_size=cfg.generate_batch_size, progress=cfg.progress, desc="base answers")
@@ -349,7 +339,7 @@ def build_safe_model(base: str = DEFAULT_BASE, out_dir: str | Path = "runs/safe-
         "aligned_fingerprint": model_fingerprint(merged),
         "config": asdict(cfg),
         "data": {"harmful_source": cfg.harmful_source, "harmless_source": cfg.harmless_source,
-                 "refusals_source": "bundled:refusals", **counts},
+                 "refusals_source": cfg.refusals_source, **counts},
         "train": train_log,
         "eval": rates,
         "judge": {"name": "keyword", "mode": "prefix"},
@@ -393,4 +383,4 @@ def build_safe_model_atomic(base: str, out_dir: str | Path, *, force: bool = Fal
     return info
 
 
-__all__ = ["AlignConfig", "ALIGNMENT_FILE", "build_safe_model", "build_safe_model_atomic", "load_refusals"]
+__all__ = ["AlignConfig", "ALIGNMENT_FILE", "build_safe_model", "build_safe_model_atomic"]

@@ -350,10 +350,11 @@ def drift_callbacks(config, model, tokenizer) -> list[TrainerCallback]:
     return [DriftCallback.from_config(config, model, tokenizer)]
 
 
-def train(config, model=None, tokenizer=None) -> TrainResult:
+def train(config, model=None, tokenizer=None, callbacks: list[TrainerCallback] | None = None) -> TrainResult:
     """Fine-tune with ``config`` and write the adapter (or full model) and logs to ``config.output_dir``.
 
-    Works from a model name (``config.model``) or an already-loaded ``model``/``tokenizer``.
+    Works from a model name (``config.model``) or an already-loaded ``model``/``tokenizer``;
+    ``callbacks`` are added to the trainer's.
     Writes ``train_config.yaml`` (resolved), ``train_log.json`` (per-step CE, raw penalties,
     coefficients) and ``train_report.json`` (data counts, regularizer setup reports, runtime).
 
@@ -379,7 +380,8 @@ def train(config, model=None, tokenizer=None) -> TrainResult:
     trainer = SafeTrainer(
         model=model, args=config, train_dataset=dataset, processing_class=tokenizer,
         data_collator=SFTCollator(tokenizer.pad_token_id, config.padding_side),
-        regularizers=build_regularizers(config), callbacks=drift_callbacks(config, model, tokenizer))
+        regularizers=build_regularizers(config),
+        callbacks=[*drift_callbacks(config, model, tokenizer), *(callbacks or [])])
     resume = config.resume_from_checkpoint
     if isinstance(resume, str) and resume.lower() in ("true", "last"):
         resume = True

@@ -1,0 +1,146 @@
+"""Refusal-direction extraction vs a plain no-grad forward over the same batches, side by side.
+
+    HF_HUB_OFFLINE=1 python benchmarks/bench_extract.py --prompts 128 --batch-size 32 --reps 3
+
+Three sides, each over the same length-sorted, left-padded batches of chat-formatted prompts
+(half ``bundled:harmful:train``, half ``bundled:harmless:train``), under ``no_grad`` in the
+model's precision (CPU: fp32 weights + bf16 autocast):
+
+* ``forward``  -- ``model(...)``: the full CausalLM (all blocks, final norm, LM head on every
+  position); what "run the model over the prompts" costs.
+* ``backbone`` -- ``model.model(...)``: all blocks + final norm, no LM head.
+* ``extract``  -- :func:`safeanchor.direction.extract.mean_activations`: tokenisation included,
+  pre-hooks on every block slice the last token, float64 running sum, forward stopped after the
+  last block's input is captured (so the last block, the final norm and the LM head never run).
+
+Sides are interleaved (A B C, A B C, ...) and the median of ``--reps`` is reported, so a busy
+machine slows all three alike. Memory: ``--memory`` runs extraction in fresh subprocesses for
+``--memory-prompts`` (default 64 and 256) prompts and reports the peak-RSS increase over the
+RSS after loading and one warm-up batch; the accumulator itself is P·L·D float64.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+
+def _records(n: int):
+    from safeanchor.data import load_source
+
+    harmful, harmless = load_source("bundled:harmful:train"), load_source("bundled:harmless:train")
+    half = n // 2
+    if half > min(len(harmful), len(harmless)):  # more than the bundled sets hold: repeat them
+        reps = half // min(len(harmful), len(harmless)) + 1
+        harmful, harmless = harmful * reps, harmless * reps
+    return harmful[:half] + harmless[: n - half]
+
+
+def _memory_child(model_name: str, n: int, batch_size: int) -> None:
+    """Print the peak-RSS increase (MiB) of extracting over ``n`` prompts, after a warm-up batch."""
+    import resource
+
+    from safeanchor.direction.extract import mean_activations
+    from safeanchor.models import load_model
+
+    model, tok = load_model(model_name)
+    records = _records(n)
+    mean_activations(model, tok, records[:batch_size], batch_size=batch_size)  # warm-up: allocator, kernels
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    mean = mean_activations(model, tok, records, batch_size=batch_size)
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"prompts": n, "peak_rss_increase_mib": (after - before) / 1024,
+                      "accumulator_bytes": mean.numel() * mean.element_size()}))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="embedded:smollm2-135m-instruct")
+    ap.add_argument("--prompts", type=int, default=128)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--memory", action="store_true", help="also measure peak RSS for --memory-prompts")
+    ap.add_argument("--memory-prompts", type=int, nargs="+", default=[64, 256])
+    ap.add_argument("--json", default=None, help="write results here")
+    ap.add_argument("--_memory-child", type=int, default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args._memory_child is not None:
+        _memory_child(args.model, args._memory_child, args.batch_size)
+        return
+
+    import torch
+
+    from safeanchor.direction.extract import encode_batches, mean_activations, model_device
+    from safeanchor.models import load_model, model_precision
+
+    model, tok = load_model(args.model)
+    device, prec = model_device(model), model_precision(model)
+    records = _records(args.prompts)
+    batches = [(ids.to(device), mask.to(device), pos.to(device))
+               for _, ids, mask, pos in encode_batches(tok, records, batch_size=args.batch_size)]
+    n_tokens = int(sum(m.sum() for _, m, _ in batches))
+
+    def forward(module):
+        def run():
+            with torch.no_grad(), prec.autocast_context(device):
+                for ids, mask, pos in batches:
+                    module(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False)
+        return run
+
+    sides = {
+        "forward": forward(model),
+        "backbone": forward(model.model),
+        "extract": lambda: mean_activations(model, tok, records, batch_size=args.batch_size),
+    }
+    # untimed warm-up of each path on the shortest batch (one-off kernel and allocator set-up)
+    with torch.no_grad(), prec.autocast_context(device):
+        for module in (model, model.model):
+            module(input_ids=batches[-1][0], attention_mask=batches[-1][1], position_ids=batches[-1][2], use_cache=False)
+    mean_activations(model, tok, records[-args.batch_size:], batch_size=args.batch_size)
+    times: dict[str, list[float]] = {k: [] for k in sides}
+    for rep in range(args.reps):
+        for name, run in sides.items():
+            t0 = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - t0)
+        print(f"rep {rep + 1}/{args.reps}: " + ", ".join(f"{k} {v[-1]:.2f}s" for k, v in times.items()), flush=True)
+
+    med = {k: statistics.median(v) for k, v in times.items()}
+    rate = {k: len(records) / v for k, v in med.items()}
+    results = {"model": args.model, "prompts": len(records), "tokens": n_tokens, "batch_size": args.batch_size,
+               "reps": args.reps, "threads": torch.get_num_threads(), "precision": str(prec),
+               "median_s": med, "prompts_per_s": rate, "times_s": times,
+               "ratio_extract_vs_forward": rate["extract"] / rate["forward"],
+               "ratio_extract_vs_backbone": rate["extract"] / rate["backbone"]}
+    print(f"{len(records)} prompts ({n_tokens} tokens), batch {args.batch_size}, {torch.get_num_threads()} threads, "
+          f"median of {args.reps}:")
+    for k in sides:
+        print(f"  {k:9s} {rate[k]:7.2f} prompts/s  ({med[k]:.2f} s)")
+    print(f"  extract / forward  = x{results['ratio_extract_vs_forward']:.2f}")
+    print(f"  extract / backbone = x{results['ratio_extract_vs_backbone']:.2f}")
+
+    if args.memory:
+        results["memory"] = []
+        for n in args.memory_prompts:
+            out = subprocess.run([sys.executable, __file__, "--model", args.model, "--batch-size", str(args.batch_size),
+                                  "--_memory-child", str(n)], capture_output=True, text=True, check=True)
+            row = json.loads(out.stdout.strip().splitlines()[-1])
+            results["memory"].append(row)
+            print(f"  memory: {n} prompts -> peak RSS +{row['peak_rss_increase_mib']:.1f} MiB "
+                  f"(accumulator {row['accumulator_bytes'] / 1024:.0f} KiB)", flush=True)
+    if args.json:
+        from safeanchor.io import provenance, write_json
+
+        write_json(args.json, {**results, "provenance": provenance()})
+
+
+if __name__ == "__main__":
+    main()

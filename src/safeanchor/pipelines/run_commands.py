@@ -1,0 +1,49 @@
+"""``safeanchor demo`` and ``safeanchor bench``: the end-to-end experiment (see :mod:`.experiment`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+
+def demo(
+    out: Path = typer.Option(Path("runs/demo"), help="output folder (a rerun resumes finished stages)"),
+    quick: bool = typer.Option(False, help="a tiny smoke run (minutes)"),
+) -> None:
+    """Aligned start -> r-direction -> SFT vs ProCon_wu_safe on a bundled task -> eval -> drift -> report."""
+    from .experiment import ExperimentConfig, run_experiment
+
+    cfg = ExperimentConfig.preset("quick" if quick else "demo")
+    _run(lambda: run_experiment(cfg, out, kind="demo"))
+
+
+def bench(
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="bench.yaml (keys of ExperimentConfig)"),
+    out: Path = typer.Option(Path("runs/bench"), help="output folder (a rerun resumes finished stages)"),
+    quick: bool = typer.Option(False, help="the quick preset (smoke run)"),
+) -> None:
+    """The full matrix: start, SFT, SFT+safety, Safe LoRA, AsFT, ProCon_s/_wu(_safe) × benign/attack × seeds."""
+    from .experiment import ExperimentConfig, run_experiment
+
+    try:
+        base = ExperimentConfig.preset("quick" if quick else "bench")
+        cfg = ExperimentConfig.from_yaml(config, base=base) if config else base
+    except ValueError as e:
+        typer.secho(f"error: {e}", fg="red", err=True)
+        raise typer.Exit(2)
+    _run(lambda: run_experiment(cfg, out, kind="bench"))
+
+
+def _run(fn) -> None:
+    try:
+        fn()
+    except ValueError as e:
+        typer.secho(f"error: {e}", fg="red", err=True)
+        raise typer.Exit(2)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("demo")(demo)
+    app.command("bench")(bench)
