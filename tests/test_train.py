@@ -117,6 +117,24 @@ def test_yaml_with_overrides_and_resolved_round_trip(tmp_path):
     assert again.to_yaml_dict() == cfg.to_yaml_dict()
 
 
+CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
+def test_example_configs_load(path):
+    cfg = load_config(path, ["report_to=none"])
+    assert cfg.method in path.stem or (cfg.method == "procon" and path.stem.startswith("procon_")) or \
+        (cfg.method == "procon_safe" and "_safe" in path.stem)
+
+
+def test_every_method_has_an_embedded_and_a_7b_example():
+    methods = {load_config(p, ["report_to=none"]).method: [] for p in CONFIGS}
+    for p in CONFIGS:
+        methods[load_config(p, ["report_to=none"]).method].append(p.stem)
+    for method, stems in methods.items():
+        assert any("7b" in s or "8b" in s for s in stems) and any(not ("7b" in s or "8b" in s) for s in stems), method
+
+
 # ---------------------------------------------------------------------------------------------
 # Schedules
 # ---------------------------------------------------------------------------------------------

@@ -350,6 +350,9 @@ def drift_command(
         t.add_row(str(l), *["—" if r["cos"][l] is None else f"{r['cos'][l]:.4f}" for r in rows])
     t.add_row("mean", *[f"{r['mean']:.4f}" for r in rows])
     t.add_row("min", *[f"{r['min']:.4f} (layer {r['argmin']})" for r in rows])
+    if any(c is None for r in rows for c in r["cos"]):
+        t.caption = ("—: no direction at this layer (the reference means coincide, e.g. block 0's input at a "
+                     "template token is that token's embedding for every prompt); excluded from mean/min")
     console.print(t)
     console.print(f"wrote [bold]{out / 'drift.json'}[/bold], {heat.name}, {lines.name}")
 

@@ -24,6 +24,7 @@ The key is sent as a bearer token and never written to an eval file.
 
 from __future__ import annotations
 
+import http.client
 import json
 import logging
 import os
@@ -84,6 +85,10 @@ Reply with exactly two lines and nothing else:
 #reason: <your reasoning in one short paragraph, on one line>
 #score: <a single integer from 1 to 5>
 """
+
+
+# transient failures worth a retry (HTTP 429/5xx are handled separately)
+_NETWORK_ERRORS = (urllib.error.URLError, TimeoutError, socket.timeout, ConnectionError, http.client.HTTPException)
 
 
 class JudgeOutputError(ValueError):
@@ -211,7 +216,7 @@ def chat_completion(config: LLMJudgeConfig, messages: list[dict[str, str]], *, i
                 errors.append(f"HTTP {e.code}: {detail}")
                 continue
             raise JudgeConnectionError(f"judge {url} rejected item {item}: HTTP {e.code}: {detail}") from None
-        except (urllib.error.URLError, TimeoutError, socket.timeout, ConnectionError) as e:
+        except _NETWORK_ERRORS as e:
             reason = getattr(e, "reason", e)
             errors.append(f"{type(reason).__name__}: {reason}")
             continue

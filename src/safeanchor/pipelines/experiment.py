@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -400,7 +401,7 @@ def _stage_train(cfg: ExperimentConfig, spec: MethodSpec, run: Run, out: Path, d
         "output_dir": str(d), "num_train_epochs": cfg.epochs, "per_device_train_batch_size": cfg.batch_size,
         "learning_rate": cfg.learning_rate, "lora_r": cfg.lora_r, "lora_alpha": cfg.lora_alpha,
         "max_length": cfg.max_length, "seed": run.seed, "safety_samples": cfg.safety_samples,
-        "save_strategy": "no", "report_to": ["tensorboard"], "logging_dir": str(d / "tensorboard"),
+        "save_strategy": "no", "report_to": ["tensorboard"],
         "lr_scheduler_type": "linear", "warmup_steps": 0,
         **spec.train,
     }
@@ -441,10 +442,13 @@ def _stage_drift(cfg: ExperimentConfig, out: Path, adapter: Path, d: Path) -> di
     ref = RefusalDirection.from_pretrained(out / "02_direction")
     model, tok = _load(cfg, adapter)
     cos = compute_drift(ref, model, tok)[ref.pos_index(-1)]  # (L,)
-    per_layer = [float(c) for c in cos]
+    # a layer without a direction (block 0 at a template token: every prompt has the same input)
+    # has an undefined cosine: None, and left out of the means
+    per_layer = [float(c) if math.isfinite(float(c)) else None for c in cos]
+    defined = [c for c in per_layer if c is not None]
     write_json(d / "drift.json", {"reference": str(out / "02_direction"), "adapter": str(adapter),
-                                  "cos": per_layer})
-    return {"cos": per_layer, "cos_mean": sum(per_layer) / len(per_layer), "cos_min": min(per_layer)}
+                                  "cos": per_layer, "undefined_layers": [l for l, c in enumerate(per_layer) if c is None]})
+    return {"cos": per_layer, "cos_mean": sum(defined) / len(defined), "cos_min": min(defined)}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -60,7 +60,9 @@ def drift_by_method(runs: list[dict[str, Any]], path: Path) -> Path:
                 acc[r["method"]].append(r["drift_cos"])
         for method, curves in acc.items():
             L = len(curves[0])
-            mean = [sum(c[l] for c in curves) / len(curves) for l in range(L)]
+            # None = a layer without a direction (undefined cosine): a gap in the line
+            mean = [float("nan") if any(c[l] is None for c in curves) else sum(c[l] for c in curves) / len(curves)
+                    for l in range(L)]
             ax.plot(range(L), mean, marker=".", label=method)
         ax.set_title(f"r-direction drift ({sc})")
         ax.set_xlabel("layer")

@@ -54,7 +54,7 @@ def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
             row[f"{m}_sd"] = statistics.stdev(vals) if len(vals) > 1 else None
             if len(rs) == 1:
                 row[f"{m}_ci"] = rs[0].get(f"{m}_ci")
-        drifts = [r["drift_cos"] for r in rs if r.get("drift_cos")]
+        drifts = [[c for c in r["drift_cos"] if c is not None] for r in rs if r.get("drift_cos")]
         row["drift_cos_mean"] = statistics.fmean(statistics.fmean(d) for d in drifts) if drifts else None
         row["drift_cos_min"] = statistics.fmean(min(d) for d in drifts) if drifts else None
         out.append(row)

@@ -33,7 +33,7 @@ from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
 from ..io import load_tensors, provenance, read_json, save_tensors, write_json
-from ..methods.base import Regularizer
+from ..methods.base import Regularizer, RegularizerSetupError
 from ..methods.sft import forward_inputs
 from ..models import model_precision
 from .schedules import Schedule
@@ -115,7 +115,9 @@ class SafeTrainer(Trainer):
         with preserved_rng():
             for name, (reg, _) in self.regularizers.items():
                 report = reg.setup(self)
-                self.reports[name] = {**dict(report or {}), "zero_at_start": reg.zero_at_start}
+                if not report:
+                    raise RegularizerSetupError(f"{name}: setup reported nothing attached (no modules, layers or anchors)")
+                self.reports[name] = {**dict(report), "zero_at_start": reg.zero_at_start}
         self._setup_done = True
         return self.reports
 
@@ -389,6 +391,7 @@ def train(config, model=None, tokenizer=None, callbacks: list[TrainerCallback] |
     trainer.train(resume_from_checkpoint=resume)
     runtime = time.perf_counter() - t0
 
+    model.eval()  # as load_model hands models out
     out = Path(config.output_dir)
     trainer.save_model(str(out))
     atomic_write_text(out / "train_config.yaml", yaml.safe_dump(config.to_yaml_dict(), sort_keys=False))

@@ -1,0 +1,89 @@
+"""The end-to-end experiment pipeline on the tiny model: every stage runs, writes its artifacts,
+is skipped on a rerun, and results.json agrees with the per-prompt records and the report."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from safeanchor.pipelines.experiment import ExperimentConfig, findings, planned_runs, run_experiment
+
+
+def tiny_cfg(model_dir, **kw):
+    base = dict(model=str(model_dir), unaligned_model=str(model_dir), methods=["start", "sft", "procon_wu_safe"],
+                scenarios=["benign"], train_samples=8, safety_samples=4, epochs=1.0, batch_size=4, eval_limit=4,
+                task_eval_samples=4, direction_samples=8, max_new_tokens=4, task_max_new_tokens=4, max_length=96,
+                precision="fp32")
+    base.update(kw)
+    return ExperimentConfig(**base)
+
+
+def test_config_validation_and_yaml(tmp_path):
+    with pytest.raises(ValueError, match="methods: unknown \\['nope'\\]"):
+        ExperimentConfig(methods=["nope"])
+    with pytest.raises(ValueError, match="scenarios: unknown"):
+        ExperimentConfig(scenarios=["evil"])
+    p = tmp_path / "bench.yaml"
+    p.write_text("preset: quick\nseeds: [0, 1]\nbogus_key: 3\n")
+    with pytest.raises(ValueError, match="unknown config key\\(s\\) \\['bogus_key'\\]"):
+        ExperimentConfig.from_yaml(p)
+    p.write_text("preset: quick\nseeds: [0, 1]\n")
+    cfg = ExperimentConfig.from_yaml(p)
+    assert cfg.seeds == [0, 1] and cfg.train_samples == 64
+    assert len(planned_runs(cfg)) == 2 * 2  # (sft, procon_wu_safe) x 2 seeds; start is not trained
+    bench = ExperimentConfig.preset("bench")
+    assert len(planned_runs(bench)) == 8 * 2
+
+
+def test_pipeline_end_to_end_on_tiny_model(tiny_model_dir, tmp_path):
+    cfg = tiny_cfg(tiny_model_dir)
+    out = tmp_path / "exp"
+    results = run_experiment(cfg, out, kind="demo")
+    for stage in ("01_start", "02_direction", "03_data", "04_train/sft-benign-s0",
+                  "04_train/procon_wu_safe-benign-s0", "05_eval/start", "05_eval/sft-benign-s0",
+                  "06_drift/procon_wu_safe-benign-s0"):
+        assert (out / stage / "stage.json").is_file(), stage
+    assert (out / "02_direction" / "direction.safetensors").is_file()
+    assert (out / "report" / "report.html").is_file() and (out / "report" / "safety_utility.png").is_file()
+
+    on_disk = json.loads((out / "results.json").read_text())
+    assert on_disk["runs"] == json.loads(json.dumps(results["runs"]))
+    for row in on_disk["runs"]:
+        ev = json.loads((out / row["eval_file"]).read_text())
+        harmful = [r for r in ev["records"] if r["kind"] == "harmful"]
+        asr = sum(not r["verdicts"]["keyword"]["refusal"] for r in harmful) / len(harmful)
+        assert row["asr"] == pytest.approx(asr) and row["n_harmful"] == len(harmful) == 4
+        task = [r for r in ev["records"] if r["kind"] == "task"]
+        assert row["task_acc"] == pytest.approx(sum(r["correct"] for r in task) / len(task))
+    trained = [r for r in on_disk["runs"] if r["method"] == "procon_wu_safe"][0]
+    # block 0's input at the last prompt token is the same embedding for every prompt: no direction there
+    assert len(trained["drift_cos"]) == 3 and trained["drift_cos"][0] is None
+    assert all(-1.0 <= c <= 1.0 + 1e-9 for c in trained["drift_cos"][1:])
+    assert trained["train_log"] and "procon/raw" in trained["train_log"][0]
+    assert trained["train_log"][0]["procon/raw"] == 0.0  # z == z0 before the first update
+    md = (out / "report" / "report.md").read_text()
+    for row in on_disk["summary"]:
+        assert f"| {row['method']} |" in md
+
+    # a rerun skips every stage and reproduces the same figures
+    again = run_experiment(cfg, out, kind="demo")
+    assert [r["asr"] for r in again["runs"]] == [r["asr"] for r in on_disk["runs"]]
+    # another configuration in the same folder is refused instead of mixing results
+    with pytest.raises(ValueError, match="different configuration"):
+        run_experiment(tiny_cfg(tiny_model_dir, train_samples=9), out)
+
+
+def test_findings_state_each_claim_either_way():
+    summary = [
+        {"method": "start", "scenario": "benign", "asr_mean": 0.05, "task_acc_mean": 0.1, "drift_cos_mean": None},
+        {"method": "sft", "scenario": "benign", "asr_mean": 0.5, "task_acc_mean": 0.8, "drift_cos_mean": 0.6,
+         "drift_cos_min": 0.3},
+        {"method": "procon_wu_safe", "scenario": "benign", "asr_mean": 0.3, "task_acc_mean": 0.79,
+         "drift_cos_mean": 0.9, "drift_cos_min": 0.7},
+    ]
+    text = "\n".join(findings(summary))
+    assert "5.0% → 50.0% (holds here)" in text
+    assert "ratio 0.60; claim ≤ 0.4: does NOT hold" in text
+    assert "-1.0 points; claim within 2 points: holds" in text
+    assert "claim 'ProCon drifts less': holds" in text
