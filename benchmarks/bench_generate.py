@@ -3,7 +3,8 @@
     HF_HUB_OFFLINE=1 python benchmarks/bench_generate.py --prompts 64 --new-tokens 48 --batch-size 32
 
 Both paths use :func:`safeanchor.evaluate.generate` (same prompts, greedy, chat template); the
-one-at-a-time path is ``batch_size=1``. Each precision gets one untimed warm-up batch first (the
+one-at-a-time path is ``batch_size=1``. They run interleaved, chunk by chunk, so a busy machine
+slows both alike. Each precision gets one untimed warm-up batch first (the
 first call pays one-off kernel set-up). ``--precisions auto fp32`` compares fp32 weights + bf16
 autocast (``auto`` on CPU) against plain fp32. Prints prompts/s and the speed-up; ``--json``
 writes the numbers.
@@ -45,13 +46,22 @@ def main() -> None:
         model, tok = load_model(args.model, precision=precision)
         generate(model, tok, records[: args.batch_size], max_new_tokens=4, batch_size=args.batch_size, progress=False)
 
-        t0 = time.perf_counter()
-        batched = generate(model, tok, records, max_new_tokens=args.new_tokens, batch_size=args.batch_size, progress=False)
-        t_batched = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        single = [generate(model, tok, [r], max_new_tokens=args.new_tokens, batch_size=1, progress=False)[0]
-                  for r in records[:single_n]]
-        t_single = time.perf_counter() - t0
+        # Interleaved per chunk (one batch, then the same prompts one by one), so both paths see the
+        # same machine load even when other processes come and go.
+        batched: list[str] = []
+        single: list[str] = []
+        t_batched = t_single = 0.0
+        for start in range(0, len(records), args.batch_size):
+            chunk = records[start: start + args.batch_size]
+            t0 = time.perf_counter()
+            batched += generate(model, tok, chunk, max_new_tokens=args.new_tokens, batch_size=args.batch_size,
+                                progress=False)
+            t_batched += time.perf_counter() - t0
+            todo = chunk[: max(0, single_n - len(single))]
+            t0 = time.perf_counter()
+            single += [generate(model, tok, [r], max_new_tokens=args.new_tokens, batch_size=1, progress=False)[0]
+                       for r in todo]
+            t_single += time.perf_counter() - t0
 
         run = {"precision": precision, "batched_prompts_per_s": len(records) / t_batched,
                "single_prompts_per_s": single_n / t_single, "batched_s": t_batched, "single_s": t_single,

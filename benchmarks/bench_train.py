@@ -8,7 +8,9 @@ default precision (CPU: fp32 weights + bf16 autocast).
 
 * step time: each method trains ``--steps`` steps in its own process (so its peak memory is its
   own); methods alternate in ``--rounds`` rounds so that load from other processes on the machine
-  hits them alike. Step time is the median over all rounds of every step but each run's first.
+  hits them alike. Step time is the median over all rounds of every step but each run's first,
+  as wall seconds and as process CPU seconds (the work done; robust when other processes compete
+  for the cores -- with ``--threads 1`` it has no spin-waiting either).
 * whole run: SFT vs ProCon (cached) for ``--epochs`` epochs over the samples, timed from the
   start of ``train()`` (regularizer setup and ProCon's anchor pass included) to its end. The
   refusal direction is extracted once beforehand and loaded from its artifact, as the pipelines
@@ -112,16 +114,23 @@ def worker(spec: dict) -> dict:
     from safeanchor.train import train
     from safeanchor.train.config import config_from_dict
 
+    if spec.get("threads"):
+        torch.set_num_threads(spec["threads"])
+
     class Clock(TrainerCallback):
+        """Wall and process CPU seconds of every optimizer step, and its non-padding tokens."""
+
         def __init__(self):
-            self.steps: list[tuple[float, int]] = []  # (seconds, tokens)
-            self._t = self._tok = None
+            self.steps: list[tuple[float, float, int]] = []
+            self._start = None
 
         def on_step_begin(self, args, state, control, **kw):
-            self._t, self._tok = time.perf_counter(), state.num_input_tokens_seen
+            self._start = (time.perf_counter(), time.process_time(), state.num_input_tokens_seen)
 
         def on_step_end(self, args, state, control, **kw):
-            self.steps.append((time.perf_counter() - self._t, state.num_input_tokens_seen - self._tok))
+            wall, cpu, tokens = self._start
+            self.steps.append((time.perf_counter() - wall, time.process_time() - cpu,
+                               state.num_input_tokens_seen - tokens))
 
     model, tok = load_model(spec["model"])
     rss_loaded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # MiB (Linux: KiB)
@@ -138,8 +147,9 @@ def worker(spec: dict) -> dict:
     reports = {k: v for k, v in result.reports.items() if k != "data"}
     return {
         "name": spec["name"],
-        "step_times": [s for s, _ in timed],
-        "tokens_per_step": [t for _, t in timed],
+        "step_times": [w for w, _, _ in timed],
+        "step_cpu_times": [c for _, c, _ in timed],
+        "tokens_per_step": [t for _, _, t in timed],
         "total_s": total,
         "steps": len(clock.steps),
         "peak_mib": peak,
@@ -172,6 +182,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--seq-len", type=int, default=128, help="approximate tokens per sample")
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    ap.add_argument("--threads", type=int, default=None, help="torch threads per run (default: torch's)")
     ap.add_argument("--out", default="runs/bench_train", help="scratch folder (data, direction, runs)")
     ap.add_argument("--json", default=None, help="write the results here")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
@@ -204,7 +215,7 @@ def main() -> None:
         if name == "asft":
             opts["asft"] = {"unaligned_model": unaligned}
         cfg["regularizer_options"] = opts
-        return {"name": name, "model": args.model, "config": cfg}
+        return {"name": name, "model": args.model, "config": cfg, "threads": args.threads}
 
     load = os.getloadavg()[0]
     step_runs: dict[str, list[dict]] = {m: [] for m in args.methods}
@@ -218,26 +229,31 @@ def main() -> None:
     summary: dict[str, dict] = {}
     for name, runs in step_runs.items():
         times = [t for run in runs for t in run["step_times"]]
+        cpu = [t for run in runs for t in run["step_cpu_times"]]
         tokens = [t for run in runs for t in run["tokens_per_step"]]
-        summary[name] = {"step_s": statistics.median(times), "tokens_per_s": sum(tokens) / sum(times),
+        summary[name] = {"step_s": statistics.median(times), "step_cpu_s": statistics.median(cpu),
+                         "tokens_per_s": sum(tokens) / sum(times),
                          "peak_mib": max(run["peak_mib"] for run in runs), "n_steps_timed": len(times),
                          "step0_raw": runs[0]["step0_raw"]}
     whole = {}
     if args.epochs > 0:
         for name in ("sft", "procon"):
             res = run_child(spec(name, f"whole_{name}", num_train_epochs=args.epochs))
-            whole[name] = {"total_s": res["total_s"], "steps": res["steps"], "anchor_pass_s": res["anchor_pass_s"]}
+            whole[name] = {"total_s": res["total_s"], "steps": res["steps"], "anchor_pass_s": res["anchor_pass_s"],
+                           "step_s_sum": sum(res["step_times"]) * res["steps"] / max(len(res["step_times"]), 1)}
             print(f"whole run: {name:8s} {res['total_s']:.1f} s for {res['steps']} steps", flush=True)
 
     sft = summary["sft"]
     print(f"\nembedded model {args.model}, {args.samples} samples x ~{args.seq_len} tokens, batch {args.batch_size}, "
           f"LoRA, precision auto, load average at start {load:.1f}")
-    print(f"{'method':15s} {'step s':>8s} {'x SFT':>7s} {'tokens/s':>9s} {'peak MiB':>9s} {'x SFT':>7s}")
+    print(f"{'method':15s} {'step s':>8s} {'x SFT':>7s} {'CPU s':>8s} {'x SFT':>7s} {'tokens/s':>9s} "
+          f"{'peak MiB':>9s} {'x SFT':>7s}")
     for name, s in summary.items():
         s["step_ratio"] = s["step_s"] / sft["step_s"]
+        s["cpu_ratio"] = s["step_cpu_s"] / sft["step_cpu_s"]
         s["peak_ratio"] = s["peak_mib"] / sft["peak_mib"]
-        print(f"{name:15s} {s['step_s']:8.3f} {s['step_ratio']:7.3f} {s['tokens_per_s']:9.0f} "
-              f"{s['peak_mib']:9.0f} {s['peak_ratio']:7.3f}")
+        print(f"{name:15s} {s['step_s']:8.3f} {s['step_ratio']:7.3f} {s['step_cpu_s']:8.3f} {s['cpu_ratio']:7.3f} "
+              f"{s['tokens_per_s']:9.1f} {s['peak_mib']:9.0f} {s['peak_ratio']:7.3f}")
     if whole:
         ratio = whole["procon"]["total_s"] / whole["sft"]["total_s"]
         whole["procon_ratio"] = ratio

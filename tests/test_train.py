@@ -171,6 +171,7 @@ def test_train_writes_artifacts_and_logs_every_term(tmp_path, tiny_tokenizer, da
     assert cfg.method == "procon" and cfg.alpha == 0.5
     log = json.loads((out / "train_log.json").read_text())
     assert [row["step"] for row in log["steps"]] == list(range(6))  # 24 samples / batch 4
+    assert log["steps"][0]["learning_rate"] == pytest.approx(1e-2)  # linear decay starts at the peak
     for row in log["steps"]:
         assert row["loss"] == pytest.approx(row["ce"] + 0.5 * row["procon/raw"], rel=1e-5)
         assert row["procon/coef"] == 0.5

@@ -146,6 +146,25 @@ def select_direction(model, tokenizer, direction: RefusalDirection, config: Sele
     base_b_lp = last_token_logprobs(model, tokenizer, harmless, batch_size=bs)
     base_b = refusal_score(base_b_lp, tok_ids)
 
+    def score(r: torch.Tensor, layer: int) -> dict[str, float]:
+        with ablate_direction(model, r):
+            bypass = refusal_score(last_token_logprobs(model, tokenizer, harmful, batch_size=bs), tok_ids)
+            abl_b_lp = last_token_logprobs(model, tokenizer, harmless, batch_size=bs)
+        with add_direction(model, r, layer):
+            induce = refusal_score(last_token_logprobs(model, tokenizer, harmless, batch_size=bs), tok_ids)
+        return {"bypass": float(bypass.mean()), "induce": float(induce.mean()),
+                "kl": float(kl_divergence(base_b_lp, abl_b_lp).mean())}
+
+    def filtered_out(row: dict) -> list[str]:
+        reasons = []
+        if not row["induce"] > cfg.induce_threshold:
+            reasons.append(f"induce <= {cfg.induce_threshold}")
+        if not row["kl"] < cfg.kl_threshold:
+            reasons.append(f"KL >= {cfg.kl_threshold}")
+        if not row["layer"] < cfg.max_layer_frac * L:
+            reasons.append(f"layer >= {cfg.max_layer_frac}·L")
+        return reasons
+
     from rich.progress import Progress
 
     candidates = []
@@ -154,27 +173,13 @@ def select_direction(model, tokenizer, direction: RefusalDirection, config: Sele
         for p in positions:
             for l in layers:
                 r = direction.vector(l, p)  # (D,)
-                row = {"pos": p, "layer": l, "norm": float(r.norm())}
+                row: dict = {"pos": p, "layer": l, "norm": float(r.norm())}
                 if row["norm"] == 0:
                     row.update(bypass=None, induce=None, kl=None, passed=False, reason="zero direction")
-                    candidates.append(row)
-                    bar.advance(task)
-                    continue
-                with ablate_direction(model, r):
-                    bypass = refusal_score(last_token_logprobs(model, tokenizer, harmful, batch_size=bs), tok_ids)
-                    abl_b_lp = last_token_logprobs(model, tokenizer, harmless, batch_size=bs)
-                with add_direction(model, r, l):
-                    induce = refusal_score(last_token_logprobs(model, tokenizer, harmless, batch_size=bs), tok_ids)
-                row.update(bypass=float(bypass.mean()), induce=float(induce.mean()),
-                           kl=float(kl_divergence(base_b_lp, abl_b_lp).mean()))
-                reasons = []
-                if not row["induce"] > cfg.induce_threshold:
-                    reasons.append(f"induce <= {cfg.induce_threshold}")
-                if not row["kl"] < cfg.kl_threshold:
-                    reasons.append(f"KL >= {cfg.kl_threshold}")
-                if not l < cfg.max_layer_frac * L:
-                    reasons.append(f"layer >= {cfg.max_layer_frac}·L")
-                row.update(passed=not reasons, reason="; ".join(reasons) or None)
+                else:
+                    row.update(score(r, l))
+                    reasons = filtered_out(row)
+                    row.update(passed=not reasons, reason="; ".join(reasons) or None)
                 candidates.append(row)
                 bar.advance(task)
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import random
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -166,6 +165,7 @@ class SafeTrainer(Trainer):
                 self._metrics["train"][k].append(v)
                 self._step_acc[k].append(v)
             self._step_acc["loss"].append(float(loss.detach()))
+            self._step_acc["learning_rate"].append(self._get_learning_rate())  # the rate this step uses
         return (loss, outputs) if return_outputs else loss
 
     def _guard(self, name: str, reg: Regularizer, coef: float, raw: torch.Tensor) -> None:
@@ -201,8 +201,6 @@ class SafeTrainer(Trainer):
             return
         row: dict[str, Any] = {"step": self.state.global_step - 1, "epoch": self.state.epoch}
         row.update({k: sum(v) / len(v) for k, v in self._step_acc.items()})
-        if self.lr_scheduler is not None:
-            row["learning_rate"] = float(self.lr_scheduler.get_last_lr()[0])
         self.step_log.append(row)
         self._step_acc.clear()
 
