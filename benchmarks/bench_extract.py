@@ -13,8 +13,9 @@ model's precision (CPU: fp32 weights + bf16 autocast):
   pre-hooks on every block slice the last token, float64 running sum, forward stopped after the
   last block's input is captured (so the last block, the final norm and the LM head never run).
 
-Sides are interleaved (A B C, A B C, ...) and the median of ``--reps`` is reported, so a busy
-machine slows all three alike. Memory: ``--memory`` runs extraction in fresh subprocesses for
+Sides are interleaved batch by batch (batch 1: A B C, batch 2: B C A, ...) and the per-side
+times summed, so a machine whose load changes from second to second slows all three alike;
+``--reps`` repeats the whole pass and the median pass is reported. Memory: ``--memory`` runs extraction in fresh subprocesses for
 ``--memory-prompts`` (default 64 and 256) prompts and reports the peak-RSS increase over the
 RSS after loading and one warm-up batch; the accumulator itself is P·L·D float64.
 """
@@ -84,34 +85,38 @@ def main() -> None:
     model, tok = load_model(args.model)
     device, prec = model_device(model), model_precision(model)
     records = _records(args.prompts)
-    batches = [(ids.to(device), mask.to(device), pos.to(device))
-               for _, ids, mask, pos in encode_batches(tok, records, batch_size=args.batch_size)]
-    n_tokens = int(sum(m.sum() for _, m, _ in batches))
+    # the batches extraction itself forms (length-sorted); each side runs exactly these
+    batches = [([records[i] for i in idx], ids.to(device), mask.to(device), pos.to(device))
+               for idx, ids, mask, pos in encode_batches(tok, records, batch_size=args.batch_size)]
+    n_tokens = int(sum(b[2].sum() for b in batches))
 
     def forward(module):
-        def run():
+        def run(batch):
+            _, ids, mask, pos = batch
             with torch.no_grad(), prec.autocast_context(device):
-                for ids, mask, pos in batches:
-                    module(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False)
+                module(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False)
         return run
 
     sides = {
         "forward": forward(model),
         "backbone": forward(model.model),
-        "extract": lambda: mean_activations(model, tok, records, batch_size=args.batch_size),
+        # from the records: tokenisation, capture and float64 accumulation all count
+        "extract": lambda batch: mean_activations(model, tok, batch[0], batch_size=len(batch[0])),
     }
-    # untimed warm-up of each path on the shortest batch (one-off kernel and allocator set-up)
-    with torch.no_grad(), prec.autocast_context(device):
-        for module in (model, model.model):
-            module(input_ids=batches[-1][0], attention_mask=batches[-1][1], position_ids=batches[-1][2], use_cache=False)
-    mean_activations(model, tok, records[-args.batch_size:], batch_size=args.batch_size)
+    names = list(sides)
+    for name in names:  # untimed warm-up on the shortest batch (one-off kernel / allocator set-up)
+        sides[name](batches[-1])
     times: dict[str, list[float]] = {k: [] for k in sides}
     for rep in range(args.reps):
-        for name, run in sides.items():
-            t0 = time.perf_counter()
-            run()
-            times[name].append(time.perf_counter() - t0)
-        print(f"rep {rep + 1}/{args.reps}: " + ", ".join(f"{k} {v[-1]:.2f}s" for k, v in times.items()), flush=True)
+        total = dict.fromkeys(sides, 0.0)
+        for i, batch in enumerate(batches):
+            for name in names[i % 3:] + names[: i % 3]:
+                t0 = time.perf_counter()
+                sides[name](batch)
+                total[name] += time.perf_counter() - t0
+        for k, v in total.items():
+            times[k].append(v)
+        print(f"pass {rep + 1}/{args.reps}: " + ", ".join(f"{k} {v:.2f}s" for k, v in total.items()), flush=True)
 
     med = {k: statistics.median(v) for k, v in times.items()}
     rate = {k: len(records) / v for k, v in med.items()}

@@ -49,7 +49,7 @@ def test_selection_scores_and_rule(rd, tiny_model, tiny_tokenizer):
     by_layer = {c["layer"]: c for c in sel["candidates"]}
     assert by_layer[0]["reason"] == "zero direction" and by_layer[0]["bypass"] is None
     assert by_layer[2]["reason"] == "layer >= 0.6·L" and not by_layer[2]["passed"]
-    assert by_layer[1]["passed"] and sel["passed_filters"]
+    assert by_layer[1]["passed"] and sel["passed_filters"] and sel["dropped_filters"] is None
     assert out.selected == (1, -1) and rd.selected is None  # a copy; the input is untouched
 
     # the recorded scores are what the hooks produce
@@ -62,13 +62,14 @@ def test_selection_scores_and_rule(rd, tiny_model, tiny_tokenizer):
     assert by_layer[1]["kl"] > 0
 
 
-def test_selection_falls_back_when_nothing_passes(rd, tiny_model, tiny_tokenizer):
-    cfg = SelectConfig(layers=[1, 2], induce_threshold=1e9)
+@pytest.mark.parametrize("kl_threshold,dropped", [(10.0, "induce"), (1e-12, "induce, KL")])
+def test_selection_relaxes_filters_in_order(rd, tiny_model, tiny_tokenizer, kl_threshold, dropped):
+    cfg = SelectConfig(layers=[1, 2], induce_threshold=1e9, kl_threshold=kl_threshold)
     out = select_direction(tiny_model, tiny_tokenizer, rd, cfg, harmful=HARMFUL[:3], harmless=HARMLESS[:3])
     sel = out.info["selection"]
-    assert not sel["passed_filters"]
-    cands = [c for c in sel["candidates"] if c["bypass"] is not None]
-    assert out.selected[0] == min(cands, key=lambda c: c["bypass"])["layer"]
+    assert not sel["passed_filters"] and sel["dropped_filters"] == dropped
+    pool = [c for c in sel["candidates"] if c["kl"] < kl_threshold or dropped == "induce, KL"]
+    assert out.selected[0] == min(pool, key=lambda c: c["bypass"])["layer"]
 
 
 def test_select_config_validation():

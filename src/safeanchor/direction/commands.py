@@ -193,7 +193,8 @@ def _print_direction(rd) -> None:
                       f"({a['n_harmful']} + {a['n_harmless']} prompts)")
     if rd.selected is not None:
         sel = rd.info["selection"]
-        note = "" if sel["passed_filters"] else " [yellow](no candidate passed the filters; lowest bypass below 0.8·L)[/yellow]"
+        note = "" if sel["passed_filters"] else (f" [yellow](no candidate passed every filter; dropped: "
+                                                 f"{sel['dropped_filters']})[/yellow]")
         console.print(f"selected layer {rd.selected[0]}, position {rd.selected[1]}{note}")
 
 

@@ -125,8 +125,9 @@ def select_direction(model, tokenizer, direction: RefusalDirection, config: Sele
     """Score every candidate (layer, position) and return a copy of ``direction`` recording the
     choice (``info["selected"]``) and all scores (``info["selection"]``).
 
-    If no candidate passes the filters, the lowest bypass among layers < max_layer_frac·L is
-    taken and ``info["selection"]["passed_filters"]`` is False (a warning is logged).
+    If no candidate passes every filter, the induce filter is dropped, then the KL filter (never
+    the layer cap); ``info["selection"]["passed_filters"]`` is then False and
+    ``["dropped_filters"]`` names what was dropped (a warning is logged).
     """
     cfg = config or SelectConfig()
     direction.check_compatible(model)
@@ -183,14 +184,19 @@ def select_direction(model, tokenizer, direction: RefusalDirection, config: Sele
                 candidates.append(row)
                 bar.advance(task)
 
-    passed = [c for c in candidates if c["passed"]]
-    pool = passed or [c for c in candidates if c["bypass"] is not None and c["layer"] < cfg.max_layer_frac * L]
+    # Paper rule first; a model that never refuses fails "induce > 0" everywhere, so relax the
+    # filters one at a time (induce, then KL), never the layer cap, and record which were dropped.
+    scored = [c for c in candidates if c["bypass"] is not None and c["layer"] < cfg.max_layer_frac * L]
+    tiers = [("none", [c for c in candidates if c["passed"]]),
+             ("induce", [c for c in scored if c["kl"] < cfg.kl_threshold]),
+             ("induce, KL", scored)]
+    dropped, pool = next(((name, pool) for name, pool in tiers if pool), (None, []))
     if not pool:
         raise ValueError(f"no usable candidate among layers {layers}: every one is zero or >= {cfg.max_layer_frac}·L")
-    if not passed:
-        log.warning("no candidate passed the filters (induce > %s, KL < %s, layer < %s·L); taking the lowest "
-                    "bypass among layers < %s·L", cfg.induce_threshold, cfg.kl_threshold, cfg.max_layer_frac,
-                    cfg.max_layer_frac)
+    if dropped != "none":
+        log.warning("no candidate passed all filters (induce > %s, KL < %s, layer < %s·L); dropped the %s "
+                    "filter(s) and took the lowest bypass", cfg.induce_threshold, cfg.kl_threshold,
+                    cfg.max_layer_frac, dropped)
     best = min(pool, key=lambda c: c["bypass"])
     selection = {
         "config": asdict(cfg),
@@ -199,7 +205,8 @@ def select_direction(model, tokenizer, direction: RefusalDirection, config: Sele
         "n_harmful": len(harmful),
         "n_harmless": len(harmless),
         "baseline": {"harmful_refusal_score": float(base_h.mean()), "harmless_refusal_score": float(base_b.mean())},
-        "passed_filters": bool(passed),
+        "passed_filters": dropped == "none",
+        "dropped_filters": None if dropped == "none" else dropped,
         "candidates": candidates,
     }
     return direction.copy_with(selected={"layer": best["layer"], "pos": best["pos"]}, selection=selection)

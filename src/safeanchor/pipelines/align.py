@@ -206,7 +206,10 @@ def train_adapter(model, tokenizer, records: list, cfg: AlignConfig, work_dir: P
         fp16=use_fp16,
         use_cpu=device.type == "cpu",
         remove_unused_columns=False,
-        train_sampling_strategy="group_by_length",  # less padding; still every example once per epoch
+        # Random mixed batches, not length-grouped ones: grouping puts all the short refusal
+        # examples at the end of each epoch, and that recency made the model refuse harmless
+        # prompts (val: 42% over-refusal vs. the mixed order's, see alignment.json).
+        train_sampling_strategy="random",
         dataloader_num_workers=0,
         disable_tqdm=not cfg.progress,
     )

@@ -51,6 +51,8 @@ def plot_selection_scores(selection: dict[str, Any], path: str | Path) -> Path:
             rows = [c for c in selection["candidates"] if c["pos"] == p and c[key] is not None]
             ax.plot([c["layer"] for c in rows], [c[key] for c in rows], marker="o", ms=3, label=f"pos {p}")
         ax.axhline(ref, ls="--", color="grey", lw=1, label=ref_label)
+        if key == "induce":  # where the harmless prompts start, for scale
+            ax.axhline(selection["baseline"]["harmless_refusal_score"], ls=":", color="grey", lw=1, label="baseline")
         sel = selection.get("selected")
         if sel:
             hit = [c for c in selection["candidates"] if c["pos"] == sel["pos"] and c["layer"] == sel["layer"]]
@@ -60,7 +62,8 @@ def plot_selection_scores(selection: dict[str, Any], path: str | Path) -> Path:
         ax.set_xlabel("layer")
         if key == "kl":
             ax.set_yscale("log")
-    axes[0].legend(fontsize=8)
+    for ax in axes:
+        ax.legend(fontsize=7)
     return _save(fig, path)
 
 

@@ -78,8 +78,9 @@ class SafeTrainingConfig(TrainingArguments):
                 "(step 0 too unless it is legitimately 0 there); 0 disables the guard"})
 
     # ---- safety data ----------------------------------------------------------------------------
-    safety_samples: int = field(default=256, metadata={
-        "help": "number of harmful -> refusal samples mixed in by safety_data / *_safe (paper ~1000)"})
+    safety_samples: int = field(default=128, metadata={
+        "help": "number of harmful -> refusal samples mixed in by safety_data / *_safe (paper ~1000 for 7B "
+                "runs on ~17k samples; 128 uses each bundled harmful train prompt at most once)"})
     safety_harmful: str = field(default="bundled:harmful:train", metadata={"help": "harmful prompts for safety data"})
     safety_refusals: str = field(default="bundled:refusals", metadata={"help": "refusal texts for safety data"})
     safety_seed: int = field(default=0, metadata={"help": "seed of the prompt/refusal pairing"})
