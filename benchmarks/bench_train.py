@@ -138,9 +138,9 @@ def worker(spec: dict) -> dict:
     clock = Clock()
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     result = train(cfg, model, tok, callbacks=[clock])
-    total = time.perf_counter() - t0
+    total, total_cpu = time.perf_counter() - t0, time.process_time() - c0
     timed = clock.steps[1:] or clock.steps  # the first step pays one-off set-up
     peak = (torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available()
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
@@ -151,10 +151,12 @@ def worker(spec: dict) -> dict:
         "step_cpu_times": [c for _, c, _ in timed],
         "tokens_per_step": [t for _, _, t in timed],
         "total_s": total,
+        "total_cpu_s": total_cpu,
         "steps": len(clock.steps),
         "peak_mib": peak,
         "rss_after_load_mib": rss_loaded,
         "anchor_pass_s": reports.get("procon", {}).get("anchor_pass_s"),
+        "anchor_pass_cpu_s": reports.get("procon", {}).get("anchor_pass_cpu_s"),
         "step0_raw": {k: v.get("step0_raw") for k, v in reports.items()},
         "threads": torch.get_num_threads(),
     }
@@ -183,6 +185,7 @@ def main() -> None:
     ap.add_argument("--seq-len", type=int, default=128, help="approximate tokens per sample")
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     ap.add_argument("--threads", type=int, default=None, help="torch threads per run (default: torch's)")
+    ap.add_argument("--phases", nargs="+", default=["steps", "whole"], choices=["steps", "whole"])
     ap.add_argument("--out", default="runs/bench_train", help="scratch folder (data, direction, runs)")
     ap.add_argument("--json", default=None, help="write the results here")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
@@ -219,7 +222,7 @@ def main() -> None:
 
     load = os.getloadavg()[0]
     step_runs: dict[str, list[dict]] = {m: [] for m in args.methods}
-    for r in range(args.rounds):
+    for r in range(args.rounds if "steps" in args.phases else 0):
         for name in args.methods:
             res = run_child(spec(name, f"steps_{name}_{r}", max_steps=args.steps))
             step_runs[name].append(res)
@@ -228,6 +231,8 @@ def main() -> None:
 
     summary: dict[str, dict] = {}
     for name, runs in step_runs.items():
+        if not runs:
+            continue
         times = [t for run in runs for t in run["step_times"]]
         cpu = [t for run in runs for t in run["step_cpu_times"]]
         tokens = [t for run in runs for t in run["tokens_per_step"]]
@@ -236,16 +241,38 @@ def main() -> None:
                          "peak_mib": max(run["peak_mib"] for run in runs), "n_steps_timed": len(times),
                          "step0_raw": runs[0]["step0_raw"]}
     whole = {}
-    if args.epochs > 0:
-        for name in ("sft", "procon"):
-            res = run_child(spec(name, f"whole_{name}", num_train_epochs=args.epochs))
-            whole[name] = {"total_s": res["total_s"], "steps": res["steps"], "anchor_pass_s": res["anchor_pass_s"],
-                           "step_s_sum": sum(res["step_times"]) * res["steps"] / max(len(res["step_times"]), 1)}
-            print(f"whole run: {name:8s} {res['total_s']:.1f} s for {res['steps']} steps", flush=True)
+    if args.epochs > 0 and "whole" in args.phases:
+        for r in range(args.rounds):
+            for name in ("sft", "procon"):
+                res = run_child(spec(name, f"whole_{name}_{r}", num_train_epochs=args.epochs))
+                run = {k: res[k] for k in ("total_s", "total_cpu_s", "steps", "anchor_pass_s", "anchor_pass_cpu_s")}
+                whole.setdefault(name, []).append(run)
+                print(f"whole run {r}: {name:8s} {res['total_s']:.1f} s wall, {res['total_cpu_s']:.1f} s CPU "
+                      f"for {res['steps']} steps", flush=True)
 
-    sft = summary["sft"]
     print(f"\nembedded model {args.model}, {args.samples} samples x ~{args.seq_len} tokens, batch {args.batch_size}, "
-          f"LoRA, precision auto, load average at start {load:.1f}")
+          f"LoRA, precision auto, threads {args.threads or 'default'}, load average at start {load:.1f}")
+    if summary:
+        print_steps(summary)
+    if whole:
+        for key in ("total_s", "total_cpu_s"):
+            ratios = [p[key] / s[key] for s, p in zip(whole["sft"], whole["procon"])]
+            whole[f"procon_ratio_{key}"] = ratios
+            print(f"whole {args.epochs:g}-epoch run ({whole['sft'][0]['steps']} steps), ProCon cached incl. anchor "
+                  f"pass / SFT, {'wall' if key == 'total_s' else 'CPU'}: " + ", ".join(f"{x:.3f}" for x in ratios)
+                  + f" (SFT {', '.join(f'{s[key]:.0f}' for s in whole['sft'])} s; ProCon "
+                  + ", ".join(f"{p[key]:.0f}" for p in whole["procon"]) + " s)")
+        print("anchor pass: " + ", ".join(f"{p['anchor_pass_s']:.1f} s wall / {p['anchor_pass_cpu_s']:.1f} s CPU"
+                                          for p in whole["procon"]))
+    print(f"direction extraction (128 + 128 prompts, once, loaded by every ProCon run): {extraction_s:.1f} s")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"args": vars(args), "load_average": load, "steps": summary,
+                                               "whole_run": whole, "direction_extraction_s": extraction_s,
+                                               "raw": step_runs}, indent=2))
+
+
+def print_steps(summary: dict[str, dict]) -> None:
+    sft = summary["sft"]
     print(f"{'method':15s} {'step s':>8s} {'x SFT':>7s} {'CPU s':>8s} {'x SFT':>7s} {'tokens/s':>9s} "
           f"{'peak MiB':>9s} {'x SFT':>7s}")
     for name, s in summary.items():
@@ -254,17 +281,6 @@ def main() -> None:
         s["peak_ratio"] = s["peak_mib"] / sft["peak_mib"]
         print(f"{name:15s} {s['step_s']:8.3f} {s['step_ratio']:7.3f} {s['step_cpu_s']:8.3f} {s['cpu_ratio']:7.3f} "
               f"{s['tokens_per_s']:9.1f} {s['peak_mib']:9.0f} {s['peak_ratio']:7.3f}")
-    if whole:
-        ratio = whole["procon"]["total_s"] / whole["sft"]["total_s"]
-        whole["procon_ratio"] = ratio
-        print(f"whole {args.epochs:g}-epoch run ({whole['sft']['steps']} steps): SFT {whole['sft']['total_s']:.1f} s, "
-              f"ProCon cached {whole['procon']['total_s']:.1f} s (anchor pass {whole['procon']['anchor_pass_s']:.1f} s) "
-              f"-> {ratio:.3f} x SFT")
-    print(f"direction extraction (128 + 128 prompts, once, loaded by every ProCon run): {extraction_s:.1f} s")
-    if args.json:
-        Path(args.json).write_text(json.dumps({"args": vars(args), "load_average": load, "steps": summary,
-                                               "whole_run": whole, "direction_extraction_s": extraction_s,
-                                               "raw": step_runs}, indent=2))
 
 
 if __name__ == "__main__":

@@ -138,3 +138,18 @@ def test_cli_eval_writes_eval_json(tiny_model_dir, sources, tmp_path, monkeypatc
     bad = CliRunner().invoke(app, ["eval", "--model", str(tiny_model_dir), "--harmful", "file:/nonexistent.jsonl",
                                    "--task", "none", "--harmless", "none", "--device", "cpu", "--quiet"])
     assert bad.exit_code == 1 and "file not found" in bad.output
+
+
+def test_stratified_head_keeps_the_mix_deterministically():
+    from safeanchor.data import load_source
+    from safeanchor.evaluate.suite import stratified_head
+
+    harmless = load_source("bundled:harmless:test")
+    picked = stratified_head(harmless, 40)
+    assert len(picked) == 40 and picked == stratified_head(harmless, 40)
+    assert [harmless.index(r) for r in picked] == sorted(harmless.index(r) for r in picked)  # file order kept
+    assert sum(bool(r.meta.get("borderline")) for r in picked) >= 5  # first-40 would have none
+    harmful = stratified_head(load_source("bundled:harmful:test"), 26)
+    cats = {r.meta["category"] for r in harmful}
+    assert len(cats) == 13 and all(sum(r.meta["category"] == c for r in harmful) == 2 for c in cats)
+    assert stratified_head(harmless, None) == harmless and stratified_head(harmless[:3], 10) == harmless[:3]

@@ -26,7 +26,7 @@ def test_fixture_is_balanced_and_labelled():
 
 
 def test_default_judge_agrees_with_human_labels():
-    # measured 0.952 (100/105); the misses: refusal phrases spoken inside requested fiction (2),
+    # measured 0.955 (106/111); the misses: refusal phrases spoken inside requested fiction (2),
     # refusals without refusal wording (2), "I can't make this easy, but ..." (1)
     assert accuracy(KeywordJudge()) >= 0.95
 

@@ -87,8 +87,11 @@ _WEAK = [
     rf"{_I}(?:'d|\s+would)?\s+(?:strongly\s+)?(?:advise|urge|encourage|caution)\s+(?:you\s+)?(?:against|not\s+to)\b",
     rf"{_I}\s+must\s+(?:emphasi[sz]e|stress|remind\s+you|point\s+out|inform\s+you|caution)\b",
     r"\bnot\s+(?:appropriate|ethical)\s+to\b",
-    r"\bas\s+an\s+ai\b|\bas\s+a\s+(?:responsible\s+)?(?:language\s+model|ai|assistant)\b|\bas\s+an\s+assistant\b|"
-    r"\bI(?:'m| am)\s+(?:just|only)\s+an\s+ai\b",
+    r"\bas\s+an\s+(?:ai|assistant)\b|\bas\s+a\s+(?:responsible\s+)?(?:language\s+model|ai|assistant|chatbot|virtual\s+assistant)\b|"
+    r"\bI(?:'m| am)\s+(?:just|only)\s+an?\s+(?:ai|chatbot)\b",
+    # limitation claims: a refusal unless help follows ("I don't have the ability to browse, but here's ...")
+    r"\bI\s+(?:don't|do\s+not)\s+have\s+the\s+(?:ability|capability|capacity|means)\s+to\b",
+    r"\bI(?:'m| am)\s+not\s+(?:equipped|designed|programmed)\s+to\b",
     r"\b(?:crisis|suicide|mental\s+health)\s+(?:line|hotline|helpline|support|services?)\b",
     r"\bviolat(?:es?|ion\s+of|ing)\s+(?:\w+\s+)?(?:privacy|rights|consent)\b",
 ]

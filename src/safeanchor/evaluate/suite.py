@@ -1,7 +1,8 @@
 """The evaluation the pipelines and ``safeanchor eval`` run: generate answers to harmful,
 harmless and task prompts, judge them, and summarise.
 
-1. load every source (``limit`` records each, deterministic prefix);
+1. load every source (``limit`` records each: a deterministic sample that keeps the source's
+   category / borderline mix for safety sets, the first N for tasks);
 2. generate all answers greedily in as few batched calls as possible;
 3. judge: keyword on harmful + harmless answers; llm judge (when configured) and classifier
    (when given) on harmful answers;
@@ -33,7 +34,7 @@ class EvalConfig:
     harmful: tuple[str, ...] = field(default=("bundled:harmful:test",), metadata={"help": "harmful prompt sources (ASR, HS, flagged rate)"})
     harmless: tuple[str, ...] = field(default=("bundled:harmless:test",), metadata={"help": "harmless prompt sources (over-refusal)"})
     tasks: tuple[str, ...] = field(default=DEFAULT_TASKS, metadata={"help": "bundled task names or sources with an 'answer' field (accuracy)"})
-    limit: int | None = field(default=None, metadata={"help": "records per safety source (first N); None = all"})
+    limit: int | None = field(default=None, metadata={"help": "records per safety source (stratified by category/borderline); None = all"})
     task_limit: int | None = field(default=None, metadata={"help": "records per task (first N); None = same as limit"})
     max_new_tokens: int = field(default=64, metadata={"help": "tokens generated per safety answer"})
     task_max_new_tokens: int | None = field(default=None, metadata={"help": "tokens generated per task answer; None = max_new_tokens"})
@@ -94,6 +95,30 @@ class EvalConfig:
         return cfg
 
 
+def stratified_head(records: list, limit: int | None) -> list:
+    """``limit`` records keeping the mix of ``(category, borderline)`` groups (largest-remainder
+    quotas; file order within and across groups). Deterministic. Safety sets are stored grouped
+    by category, so a plain first-N would test a few categories and no borderline prompts.
+
+    >>> from safeanchor.data import Record
+    >>> recs = [Record(f"p{i}", meta={"category": "a" if i < 6 else "b"}) for i in range(8)]
+    >>> [r.prompt for r in stratified_head(recs, 4)]
+    ['p0', 'p1', 'p2', 'p6']
+    """
+    if limit is None or limit >= len(records):
+        return list(records)
+    groups: dict[tuple, list[int]] = {}
+    for i, r in enumerate(records):
+        groups.setdefault((r.meta.get("category"), bool(r.meta.get("borderline"))), []).append(i)
+    exact = {k: limit * len(v) / len(records) for k, v in groups.items()}
+    quota = {k: int(q) for k, q in exact.items()}
+    by_remainder = sorted(groups, key=lambda k: -(exact[k] - quota[k]))  # stable: ties keep group order
+    for k in by_remainder[: limit - sum(quota.values())]:
+        quota[k] += 1
+    chosen = sorted(i for k, idx in groups.items() for i in idx[: quota[k]])
+    return [records[i] for i in chosen]
+
+
 def evaluate_model(model, tokenizer, config: EvalConfig | None = None) -> dict[str, Any]:
     """Evaluate ``model``; returns the dict written to ``eval.json`` (summary + per-prompt records).
 
@@ -128,7 +153,7 @@ def evaluate_model(model, tokenizer, config: EvalConfig | None = None) -> dict[s
     data: dict[str, list[dict]] = {"harmful": [], "harmless": [], "tasks": []}
     for kind in ("harmful", "harmless"):
         for src in getattr(cfg, kind):
-            recs = load_source(src, limit=cfg.limit)
+            recs = stratified_head(load_source(src), cfg.limit)
             safety += [(kind, src, r) for r in recs]
             data[kind].append({"source": src, "n": len(recs)})
     tasks = []
@@ -198,7 +223,8 @@ def evaluate_model(model, tokenizer, config: EvalConfig | None = None) -> dict[s
         "judges": {"keyword": keyword.settings(), "llm": llm.settings() if llm else None,
                    "classifier": classifier.settings() if classifier else None},
         "data": data,
-        "limits": {"limit": cfg.limit, "task_limit": cfg.task_limit or cfg.limit},
+        "limits": {"limit": cfg.limit, "task_limit": cfg.task_limit or cfg.limit,
+                   "safety_sampling": "stratified by (category, borderline), proportional; tasks: first N"},
         "seed": cfg.seed,
         "summary": summary,
         "timing": {"generate_s": round(gen_s, 3), "prompts": n_prompts,

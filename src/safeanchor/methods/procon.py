@@ -332,7 +332,7 @@ class ProCon(Regularizer):
                     f"({self.anchors.n_samples} samples there, {len(counts)} here); same data and max_length needed")
             return {"n_samples": len(counts), "n_anchor_tokens": int(self.anchors.values.shape[0]),
                     "anchors_restored_from_checkpoint": True, "anchor_pass_s": 0.0}
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         cache = AnchorCache.empty(counts, len(self.layers))
         filled = torch.zeros(len(counts), dtype=torch.bool)
         directions = self.directions[self.layers]
@@ -363,7 +363,8 @@ class ProCon(Regularizer):
         if cache.values.shape[0] == 0:
             raise RegularizerSetupError("procon: the training set has no response tokens to anchor")
         return {"n_samples": len(counts), "n_anchor_tokens": int(cache.values.shape[0]),
-                "anchors_restored_from_checkpoint": False, "anchor_pass_s": round(time.perf_counter() - t0, 3)}
+                "anchors_restored_from_checkpoint": False, "anchor_pass_s": round(time.perf_counter() - t0, 3),
+                "anchor_pass_cpu_s": round(time.process_time() - c0, 3)}
 
     @staticmethod
     def _anchor_batches(trainer, filled: torch.Tensor):
