@@ -17,7 +17,8 @@ Sides are interleaved batch by batch (batch 1: A B C, batch 2: B C A, ...) and t
 times summed, so a machine whose load changes from second to second slows all three alike;
 ``--reps`` repeats the whole pass and the median pass is reported. Memory: ``--memory`` runs extraction in fresh subprocesses for
 ``--memory-prompts`` (default 64 and 256) prompts and reports the peak-RSS increase over the
-RSS after loading and one warm-up batch; the accumulator itself is P·L·D float64.
+RSS after loading and one warm-up batch (Linux: VmHWM reset through ``/proc/self/clear_refs``);
+the accumulator itself is P·L·D float64.
 """
 
 from __future__ import annotations
@@ -45,20 +46,32 @@ def _records(n: int):
     return harmful[:half] + harmless[: n - half]
 
 
-def _memory_child(model_name: str, n: int, batch_size: int) -> None:
-    """Print the peak-RSS increase (MiB) of extracting over ``n`` prompts, after a warm-up batch."""
-    import resource
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise KeyError(field)
 
+
+def _memory_child(model_name: str, n: int, batch_size: int) -> None:
+    """Print the peak-RSS increase (MiB) of extracting over ``n`` prompts, after a warm-up batch.
+
+    The peak (VmHWM) is reset after loading and warm-up (``/proc/self/clear_refs``, Linux), so
+    the figure is the extraction's own high-water mark above the resident model.
+    """
     from safeanchor.direction.extract import mean_activations
     from safeanchor.models import load_model
 
     model, tok = load_model(model_name)
     records = _records(n)
     mean_activations(model, tok, records[:batch_size], batch_size=batch_size)  # warm-up: allocator, kernels
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # reset VmHWM to the current RSS
+    before = _status_kib("VmRSS")
     mean = mean_activations(model, tok, records, batch_size=batch_size)
-    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"prompts": n, "peak_rss_increase_mib": (after - before) / 1024,
+    peak = _status_kib("VmHWM")
+    print(json.dumps({"prompts": n, "peak_rss_increase_mib": (peak - before) / 1024, "rss_before_mib": before / 1024,
                       "accumulator_bytes": mean.numel() * mean.element_size()}))
 
 
@@ -69,6 +82,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--memory", action="store_true", help="also measure peak RSS for --memory-prompts")
+    ap.add_argument("--no-speed", action="store_true", help="skip the speed comparison (memory only)")
     ap.add_argument("--memory-prompts", type=int, nargs="+", default=[64, 256])
     ap.add_argument("--json", default=None, help="write results here")
     ap.add_argument("--_memory-child", type=int, default=None, help=argparse.SUPPRESS)
@@ -77,6 +91,25 @@ def main() -> None:
         _memory_child(args.model, args._memory_child, args.batch_size)
         return
 
+    results: dict = {"model": args.model, "batch_size": args.batch_size}
+    if not args.no_speed:
+        results.update(_speed(args))
+    if args.memory:
+        results["memory"] = []
+        for n in args.memory_prompts:
+            out = subprocess.run([sys.executable, __file__, "--model", args.model, "--batch-size", str(args.batch_size),
+                                  "--_memory-child", str(n)], capture_output=True, text=True, check=True)
+            row = json.loads(out.stdout.strip().splitlines()[-1])
+            results["memory"].append(row)
+            print(f"  memory: {n} prompts -> peak RSS +{row['peak_rss_increase_mib']:.1f} MiB over "
+                  f"{row['rss_before_mib']:.0f} MiB (accumulator {row['accumulator_bytes'] / 1024:.0f} KiB)", flush=True)
+    if args.json:
+        from safeanchor.io import provenance, write_json
+
+        write_json(args.json, {**results, "provenance": provenance()})
+
+
+def _speed(args) -> dict:
     import torch
 
     from safeanchor.direction.extract import encode_batches, mean_activations, model_device
@@ -120,9 +153,8 @@ def main() -> None:
 
     med = {k: statistics.median(v) for k, v in times.items()}
     rate = {k: len(records) / v for k, v in med.items()}
-    results = {"model": args.model, "prompts": len(records), "tokens": n_tokens, "batch_size": args.batch_size,
-               "reps": args.reps, "threads": torch.get_num_threads(), "precision": str(prec),
-               "median_s": med, "prompts_per_s": rate, "times_s": times,
+    results = {"prompts": len(records), "tokens": n_tokens, "reps": args.reps, "threads": torch.get_num_threads(),
+               "precision": str(prec), "median_s": med, "prompts_per_s": rate, "times_s": times,
                "ratio_extract_vs_forward": rate["extract"] / rate["forward"],
                "ratio_extract_vs_backbone": rate["extract"] / rate["backbone"]}
     print(f"{len(records)} prompts ({n_tokens} tokens), batch {args.batch_size}, {torch.get_num_threads()} threads, "
@@ -130,21 +162,8 @@ def main() -> None:
     for k in sides:
         print(f"  {k:9s} {rate[k]:7.2f} prompts/s  ({med[k]:.2f} s)")
     print(f"  extract / forward  = x{results['ratio_extract_vs_forward']:.2f}")
-    print(f"  extract / backbone = x{results['ratio_extract_vs_backbone']:.2f}")
-
-    if args.memory:
-        results["memory"] = []
-        for n in args.memory_prompts:
-            out = subprocess.run([sys.executable, __file__, "--model", args.model, "--batch-size", str(args.batch_size),
-                                  "--_memory-child", str(n)], capture_output=True, text=True, check=True)
-            row = json.loads(out.stdout.strip().splitlines()[-1])
-            results["memory"].append(row)
-            print(f"  memory: {n} prompts -> peak RSS +{row['peak_rss_increase_mib']:.1f} MiB "
-                  f"(accumulator {row['accumulator_bytes'] / 1024:.0f} KiB)", flush=True)
-    if args.json:
-        from safeanchor.io import provenance, write_json
-
-        write_json(args.json, {**results, "provenance": provenance()})
+    print(f"  extract / backbone = x{results['ratio_extract_vs_backbone']:.2f}", flush=True)
+    return results
 
 
 if __name__ == "__main__":
