@@ -15,7 +15,9 @@ model's precision (CPU: fp32 weights + bf16 autocast):
 
 Sides are interleaved batch by batch (batch 1: A B C, batch 2: B C A, ...) and the per-side
 times summed, so a machine whose load changes from second to second slows all three alike;
-``--reps`` repeats the whole pass and the median pass is reported. Memory: ``--memory`` runs extraction in fresh subprocesses for
+``--reps`` repeats the whole pass and the median pass is reported. Both wall time and this
+process's CPU time are recorded: on a shared machine the CPU-time ratio is the stable one
+(use ``--threads 1`` so no OpenMP spin-waiting is counted as work). Memory: ``--memory`` runs extraction in fresh subprocesses for
 ``--memory-prompts`` (default 64 and 256) prompts and reports the peak-RSS increase over the
 RSS after loading and one warm-up batch (Linux: VmHWM reset through ``/proc/self/clear_refs``);
 the accumulator itself is P·L·D float64.
@@ -81,6 +83,7 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=128)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     ap.add_argument("--memory", action="store_true", help="also measure peak RSS for --memory-prompts")
     ap.add_argument("--no-speed", action="store_true", help="skip the speed comparison (memory only)")
     ap.add_argument("--memory-prompts", type=int, nargs="+", default=[64, 256])
@@ -115,6 +118,8 @@ def _speed(args) -> dict:
     from safeanchor.direction.extract import encode_batches, mean_activations, model_device
     from safeanchor.models import load_model, model_precision
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     model, tok = load_model(args.model)
     device, prec = model_device(model), model_precision(model)
     records = _records(args.prompts)
@@ -140,29 +145,39 @@ def _speed(args) -> dict:
     for name in names:  # untimed warm-up on the shortest batch (one-off kernel / allocator set-up)
         sides[name](batches[-1])
     times: dict[str, list[float]] = {k: [] for k in sides}
+    cpu: dict[str, list[float]] = {k: [] for k in sides}
     for rep in range(args.reps):
-        total = dict.fromkeys(sides, 0.0)
+        wall_total, cpu_total = dict.fromkeys(sides, 0.0), dict.fromkeys(sides, 0.0)
         for i, batch in enumerate(batches):
             for name in names[i % 3:] + names[: i % 3]:
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 sides[name](batch)
-                total[name] += time.perf_counter() - t0
-        for k, v in total.items():
-            times[k].append(v)
-        print(f"pass {rep + 1}/{args.reps}: " + ", ".join(f"{k} {v:.2f}s" for k, v in total.items()), flush=True)
+                wall_total[name] += time.perf_counter() - t0
+                cpu_total[name] += time.process_time() - c0
+        for k in sides:
+            times[k].append(wall_total[k])
+            cpu[k].append(cpu_total[k])
+        print(f"pass {rep + 1}/{args.reps}: " + ", ".join(f"{k} {wall_total[k]:.2f}s wall / {cpu_total[k]:.2f}s cpu"
+                                                         for k in sides), flush=True)
 
     med = {k: statistics.median(v) for k, v in times.items()}
+    med_cpu = {k: statistics.median(v) for k, v in cpu.items()}
     rate = {k: len(records) / v for k, v in med.items()}
+    rate_cpu = {k: len(records) / v for k, v in med_cpu.items()}
     results = {"prompts": len(records), "tokens": n_tokens, "reps": args.reps, "threads": torch.get_num_threads(),
-               "precision": str(prec), "median_s": med, "prompts_per_s": rate, "times_s": times,
+               "precision": str(prec), "median_wall_s": med, "median_cpu_s": med_cpu, "wall_s": times, "cpu_s": cpu,
+               "prompts_per_s": rate, "prompts_per_cpu_s": rate_cpu,
                "ratio_extract_vs_forward": rate["extract"] / rate["forward"],
-               "ratio_extract_vs_backbone": rate["extract"] / rate["backbone"]}
+               "ratio_extract_vs_backbone": rate["extract"] / rate["backbone"],
+               "cpu_ratio_extract_vs_forward": rate_cpu["extract"] / rate_cpu["forward"],
+               "cpu_ratio_extract_vs_backbone": rate_cpu["extract"] / rate_cpu["backbone"]}
     print(f"{len(records)} prompts ({n_tokens} tokens), batch {args.batch_size}, {torch.get_num_threads()} threads, "
-          f"median of {args.reps}:")
+          f"median of {args.reps} passes:")
     for k in sides:
-        print(f"  {k:9s} {rate[k]:7.2f} prompts/s  ({med[k]:.2f} s)")
-    print(f"  extract / forward  = x{results['ratio_extract_vs_forward']:.2f}")
-    print(f"  extract / backbone = x{results['ratio_extract_vs_backbone']:.2f}", flush=True)
+        print(f"  {k:9s} {rate[k]:7.2f} prompts/s wall ({med[k]:.2f} s) | {rate_cpu[k]:7.2f} prompts/cpu-s ({med_cpu[k]:.2f} s)")
+    for base in ("forward", "backbone"):
+        print(f"  extract / {base:8s} = x{results[f'ratio_extract_vs_{base}']:.2f} wall, "
+              f"x{results[f'cpu_ratio_extract_vs_{base}']:.2f} cpu", flush=True)
     return results
 
 

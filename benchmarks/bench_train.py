@@ -1,21 +1,21 @@
 """Training cost of each method against plain SFT on the embedded model, side by side in one run.
 
-    HF_HUB_OFFLINE=1 python benchmarks/bench_train.py --steps 10 --rounds 2
+    HF_HUB_OFFLINE=1 python benchmarks/bench_train.py                 # 48 samples x 3 epochs
+    HF_HUB_OFFLINE=1 python benchmarks/bench_train.py --steps 6       # a few minutes
 
 Same data for every method: ``--samples`` synthetic arithmetic records padded with a worked
 explanation to about ``--seq-len`` tokens, batch ``--batch-size``, LoRA (q/k/v/o, r=8), the
 default precision (CPU: fp32 weights + bf16 autocast).
 
-* step time: each method trains ``--steps`` steps in its own process (so its peak memory is its
-  own); methods alternate in ``--rounds`` rounds so that load from other processes on the machine
-  hits them alike. Step time is the median over all rounds of every step but each run's first,
-  as wall seconds and as process CPU seconds (the work done; robust when other processes compete
-  for the cores -- with ``--threads 1`` it has no spin-waiting either).
-* whole run: SFT vs ProCon (cached) for ``--epochs`` epochs over the samples, timed from the
-  start of ``train()`` (regularizer setup and ProCon's anchor pass included) to its end. The
-  refusal direction is extracted once beforehand and loaded from its artifact, as the pipelines
-  do; its extraction time is reported separately.
-* peak memory: peak RSS of each step-time process (CPU) or ``max_memory_allocated`` (CUDA).
+* time: every method trains in the same process, one model each, and they take turns step by
+  step (SFT step, ProCon step, ..., SFT step, ...), so load from other processes on the machine
+  hits them alike. Step time = median over every step but the first (wall seconds, and CPU
+  seconds of the process). Whole run = the regularizer setup (ProCon: its anchor pass) plus all
+  steps, for ``--epochs`` epochs over the samples (or ``--steps`` steps). The refusal direction is
+  extracted once beforehand and loaded from its artifact, as the pipelines do; its extraction
+  time is reported separately.
+* peak memory: each method again in its own process for ``--memory-steps`` steps: peak RSS (CPU)
+  or ``max_memory_allocated`` (CUDA).
 * AsFT needs an aligned/unaligned pair; its cost does not depend on the weights, so a synthetic
   "unaligned" checkpoint (the model with noise on the LoRA target weights) stands in.
 
@@ -30,6 +30,7 @@ import os
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -46,7 +47,7 @@ METHODS = {
 
 
 # ---------------------------------------------------------------------------------------------
-# Preparation (parent process)
+# Preparation
 # ---------------------------------------------------------------------------------------------
 
 
@@ -100,15 +101,117 @@ def extract(model_name: str, folder: Path) -> float:
 
 
 # ---------------------------------------------------------------------------------------------
-# One measured run (child process)
+# Interleaved timing: every method's trainer runs in its own thread, one step at a time
 # ---------------------------------------------------------------------------------------------
 
 
-def worker(spec: dict) -> dict:
+class Turns:
+    """Round-robin baton: only the holder computes; the others wait (no CPU)."""
+
+    def __init__(self, names: list[str]):
+        self.order = list(names)
+        self.current = 0
+        self.active = set(names)
+        self.cv = threading.Condition()
+
+    def wait(self, name: str) -> None:
+        with self.cv:
+            self.cv.wait_for(lambda: self.order[self.current] == name)
+
+    def pass_on(self) -> None:
+        """Called by the holder: the next active method's turn."""
+        with self.cv:
+            self._advance()
+
+    def finish(self, name: str) -> None:
+        """``name`` is done; if it holds the baton, hand it on."""
+        with self.cv:
+            self.active.discard(name)
+            if self.order[self.current] == name:
+                self._advance()
+
+    def _advance(self) -> None:
+        for _ in range(len(self.order)):
+            self.current = (self.current + 1) % len(self.order)
+            if self.order[self.current] in self.active:
+                break
+        self.cv.notify_all()
+
+
+def interleaved(specs: dict[str, dict]) -> dict[str, dict]:
+    """Train every spec's config in turns; per method: setup time, step times, tokens per step."""
+    from transformers import TrainerCallback
+
+    from safeanchor.models import load_model
+    from safeanchor.train import train
+    from safeanchor.train.config import config_from_dict
+    from safeanchor.train.trainer import SafeTrainer
+
+    turns = Turns(list(specs))
+    results: dict[str, dict] = {name: {"steps": []} for name in specs}
+    errors: list[BaseException] = []
+    setup = SafeTrainer.setup_regularizers
+
+    def timed_setup(self, *a, **kw):  # the setup (ProCon: anchor pass) runs in its own turn, timed
+        name = self.args.run_name
+        t0, c0 = time.perf_counter(), time.process_time()
+        out = setup(self, *a, **kw)
+        results[name]["setup_s"], results[name]["setup_cpu_s"] = time.perf_counter() - t0, time.process_time() - c0
+        return out
+
+    class Clock(TrainerCallback):
+        def __init__(self, name: str):
+            self.name = name
+
+        def on_train_begin(self, args, state, control, **kw):
+            turns.pass_on()
+
+        def on_step_begin(self, args, state, control, **kw):
+            turns.wait(self.name)
+            self._start = (time.perf_counter(), time.process_time(), state.num_input_tokens_seen)
+
+        def on_step_end(self, args, state, control, **kw):
+            wall, cpu, tokens = self._start
+            results[self.name]["steps"].append((time.perf_counter() - wall, time.process_time() - cpu,
+                                                state.num_input_tokens_seen - tokens))
+            turns.pass_on()
+
+    models = {name: load_model(spec["model"]) for name, spec in specs.items()}
+
+    def run(name: str) -> None:
+        try:
+            turns.wait(name)
+            model, tok = models.pop(name)
+            train(config_from_dict({**specs[name]["config"], "run_name": name}, where=name), model, tok,
+                  callbacks=[Clock(name)])
+        except BaseException as e:  # surface it in the main thread
+            errors.append(e)
+        finally:
+            turns.finish(name)
+
+    SafeTrainer.setup_regularizers = timed_setup
+    try:
+        threads = [threading.Thread(target=run, args=(name,), name=name) for name in specs]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        SafeTrainer.setup_regularizers = setup
+    if errors:
+        raise errors[0]
+    return results
+
+
+# ---------------------------------------------------------------------------------------------
+# Peak memory: one process per method
+# ---------------------------------------------------------------------------------------------
+
+
+def memory_worker(spec: dict) -> dict:
     import resource
 
     import torch
-    from transformers import TrainerCallback
 
     from safeanchor.models import load_model
     from safeanchor.train import train
@@ -116,54 +219,17 @@ def worker(spec: dict) -> dict:
 
     if spec.get("threads"):
         torch.set_num_threads(spec["threads"])
-
-    class Clock(TrainerCallback):
-        """Wall and process CPU seconds of every optimizer step, and its non-padding tokens."""
-
-        def __init__(self):
-            self.steps: list[tuple[float, float, int]] = []
-            self._start = None
-
-        def on_step_begin(self, args, state, control, **kw):
-            self._start = (time.perf_counter(), time.process_time(), state.num_input_tokens_seen)
-
-        def on_step_end(self, args, state, control, **kw):
-            wall, cpu, tokens = self._start
-            self.steps.append((time.perf_counter() - wall, time.process_time() - cpu,
-                               state.num_input_tokens_seen - tokens))
-
     model, tok = load_model(spec["model"])
-    rss_loaded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # MiB (Linux: KiB)
-    cfg = config_from_dict(spec["config"], where=spec["name"])
-    clock = Clock()
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
-    t0, c0 = time.perf_counter(), time.process_time()
-    result = train(cfg, model, tok, callbacks=[clock])
-    total, total_cpu = time.perf_counter() - t0, time.process_time() - c0
-    timed = clock.steps[1:] or clock.steps  # the first step pays one-off set-up
+    train(config_from_dict(spec["config"], where=spec["name"]), model, tok)
     peak = (torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available()
-            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
-    reports = {k: v for k, v in result.reports.items() if k != "data"}
-    return {
-        "name": spec["name"],
-        "step_times": [w for w, _, _ in timed],
-        "step_cpu_times": [c for _, c, _ in timed],
-        "tokens_per_step": [t for _, _, t in timed],
-        "total_s": total,
-        "total_cpu_s": total_cpu,
-        "steps": len(clock.steps),
-        "peak_mib": peak,
-        "rss_after_load_mib": rss_loaded,
-        "anchor_pass_s": reports.get("procon", {}).get("anchor_pass_s"),
-        "anchor_pass_cpu_s": reports.get("procon", {}).get("anchor_pass_cpu_s"),
-        "step0_raw": {k: v.get("step0_raw") for k, v in reports.items()},
-        "threads": torch.get_num_threads(),
-    }
+            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)  # MiB (Linux reports KiB)
+    return {"name": spec["name"], "peak_mib": peak}
 
 
 def run_child(spec: dict) -> dict:
-    proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, __file__, "--memory-worker", json.dumps(spec)], capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"{spec['name']} failed:\n{proc.stderr[-4000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -177,41 +243,46 @@ def run_child(spec: dict) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="embedded:smollm2-135m-instruct")
-    ap.add_argument("--steps", type=int, default=10, help="steps per step-time run")
-    ap.add_argument("--rounds", type=int, default=2, help="alternating rounds of step-time runs")
-    ap.add_argument("--samples", type=int, default=48, help="training samples (whole-run: all of them each epoch)")
-    ap.add_argument("--epochs", type=float, default=3.0, help="epochs of the whole-run comparison (0 = skip it)")
+    ap.add_argument("--samples", type=int, default=48, help="training samples")
+    ap.add_argument("--epochs", type=float, default=3.0, help="epochs of the whole run")
+    ap.add_argument("--steps", type=int, default=None, help="stop every run after this many steps (quick mode)")
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--seq-len", type=int, default=128, help="approximate tokens per sample")
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
-    ap.add_argument("--threads", type=int, default=None, help="torch threads per run (default: torch's)")
-    ap.add_argument("--phases", nargs="+", default=["steps", "whole"], choices=["steps", "whole"])
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    ap.add_argument("--memory-steps", type=int, default=2, help="steps per peak-memory run (0 = skip)")
     ap.add_argument("--out", default="runs/bench_train", help="scratch folder (data, direction, runs)")
     ap.add_argument("--json", default=None, help="write the results here")
-    ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--memory-worker", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
-    if args.worker:
-        print(json.dumps(worker(json.loads(args.worker))))
+    if args.memory_worker:
+        print(json.dumps(memory_worker(json.loads(args.memory_worker))))
         return
+
+    import torch
 
     from safeanchor.data import write_jsonl
     from safeanchor.models import load_tokenizer
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    methods = ["sft", *[m for m in args.methods if m != "sft"]]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     tok = load_tokenizer(args.model)
-    records = make_records(args.samples, args.seq_len, tok)
     data_path = out / "data.jsonl"
-    write_jsonl(data_path, records)
+    write_jsonl(data_path, make_records(args.samples, args.seq_len, tok))
     direction_dir = out / "direction"
     extraction_s = extract(args.model, direction_dir)
-    unaligned = make_unaligned(args.model, out / "unaligned") if "asft" in args.methods else None
+    unaligned = make_unaligned(args.model, out / "unaligned") if "asft" in methods else None
 
     def spec(name: str, run: str, **extra) -> dict:
         cfg = {**METHODS[name], "train_data": f"file:{data_path}", "max_length": args.seq_len + 32,
-               "per_device_train_batch_size": args.batch_size, "report_to": "none", "save_strategy": "no",
-               "progress": False, "output_dir": str(out / run), "include_num_input_tokens_seen": "non_padding",
-               "logging_steps": 1000, **extra}
+               "per_device_train_batch_size": args.batch_size, "num_train_epochs": args.epochs,
+               "report_to": "none", "save_strategy": "no", "progress": False, "output_dir": str(out / run),
+               "include_num_input_tokens_seen": "non_padding", "logging_steps": 1000, **extra}
+        if args.steps:
+            cfg["max_steps"] = args.steps
         opts = {k: dict(v) for k, v in cfg.get("regularizer_options", {}).items()}
         if name.startswith("procon"):
             opts.setdefault("procon", {})["direction"] = str(direction_dir)
@@ -221,66 +292,49 @@ def main() -> None:
         return {"name": name, "model": args.model, "config": cfg, "threads": args.threads}
 
     load = os.getloadavg()[0]
-    step_runs: dict[str, list[dict]] = {m: [] for m in args.methods}
-    for r in range(args.rounds if "steps" in args.phases else 0):
-        for name in args.methods:
-            res = run_child(spec(name, f"steps_{name}_{r}", max_steps=args.steps))
-            step_runs[name].append(res)
-            print(f"round {r}: {name:14s} median step {statistics.median(res['step_times']):.3f} s, "
-                  f"peak {res['peak_mib']:.0f} MiB", flush=True)
+    timing = interleaved({name: spec(name, f"time_{name}") for name in methods})
+    memory = {}
+    for name in methods if args.memory_steps else []:
+        memory[name] = run_child(spec(name, f"mem_{name}", max_steps=args.memory_steps))["peak_mib"]
 
-    summary: dict[str, dict] = {}
-    for name, runs in step_runs.items():
-        if not runs:
-            continue
-        times = [t for run in runs for t in run["step_times"]]
-        cpu = [t for run in runs for t in run["step_cpu_times"]]
-        tokens = [t for run in runs for t in run["tokens_per_step"]]
-        summary[name] = {"step_s": statistics.median(times), "step_cpu_s": statistics.median(cpu),
-                         "tokens_per_s": sum(tokens) / sum(times),
-                         "peak_mib": max(run["peak_mib"] for run in runs), "n_steps_timed": len(times),
-                         "step0_raw": runs[0]["step0_raw"]}
-    whole = {}
-    if args.epochs > 0 and "whole" in args.phases:
-        for r in range(args.rounds):
-            for name in ("sft", "procon"):
-                res = run_child(spec(name, f"whole_{name}_{r}", num_train_epochs=args.epochs))
-                run = {k: res[k] for k in ("total_s", "total_cpu_s", "steps", "anchor_pass_s", "anchor_pass_cpu_s")}
-                whole.setdefault(name, []).append(run)
-                print(f"whole run {r}: {name:8s} {res['total_s']:.1f} s wall, {res['total_cpu_s']:.1f} s CPU "
-                      f"for {res['steps']} steps", flush=True)
+    rows = {}
+    for name in methods:
+        steps = timing[name]["steps"]
+        timed = steps[1:] or steps  # the first step pays one-off set-up
+        rows[name] = {
+            "step_s": statistics.median(w for w, _, _ in timed),
+            "step_cpu_s": statistics.median(c for _, c, _ in timed),
+            "tokens_per_s": sum(t for *_, t in timed) / sum(w for w, _, _ in timed),
+            "setup_s": timing[name].get("setup_s", 0.0),
+            "setup_cpu_s": timing[name].get("setup_cpu_s", 0.0),
+            "run_s": timing[name].get("setup_s", 0.0) + sum(w for w, _, _ in steps),
+            "run_cpu_s": timing[name].get("setup_cpu_s", 0.0) + sum(c for _, c, _ in steps),
+            "n_steps": len(steps),
+            "peak_mib": memory.get(name),
+        }
+    sft = rows["sft"]
+    for r in rows.values():
+        for key in ("step_s", "step_cpu_s", "run_s", "run_cpu_s", "peak_mib"):
+            r[f"{key}_x_sft"] = r[key] / sft[key] if r[key] is not None and sft[key] else None
 
-    print(f"\nembedded model {args.model}, {args.samples} samples x ~{args.seq_len} tokens, batch {args.batch_size}, "
-          f"LoRA, precision auto, threads {args.threads or 'default'}, load average at start {load:.1f}")
-    if summary:
-        print_steps(summary)
-    if whole:
-        for key in ("total_s", "total_cpu_s"):
-            ratios = [p[key] / s[key] for s, p in zip(whole["sft"], whole["procon"])]
-            whole[f"procon_ratio_{key}"] = ratios
-            print(f"whole {args.epochs:g}-epoch run ({whole['sft'][0]['steps']} steps), ProCon cached incl. anchor "
-                  f"pass / SFT, {'wall' if key == 'total_s' else 'CPU'}: " + ", ".join(f"{x:.3f}" for x in ratios)
-                  + f" (SFT {', '.join(f'{s[key]:.0f}' for s in whole['sft'])} s; ProCon "
-                  + ", ".join(f"{p[key]:.0f}" for p in whole["procon"]) + " s)")
-        print("anchor pass: " + ", ".join(f"{p['anchor_pass_s']:.1f} s wall / {p['anchor_pass_cpu_s']:.1f} s CPU"
-                                          for p in whole["procon"]))
+    n = sft["n_steps"]
+    print(f"\nembedded model {args.model}: {args.samples} samples x ~{args.seq_len} tokens, batch {args.batch_size}, "
+          f"{n} steps ({'--steps' if args.steps else f'{args.epochs:g} epochs'}), LoRA q/k/v/o r=8, precision auto, "
+          f"torch threads {torch.get_num_threads()}, load average at start {load:.1f}")
+    print(f"{'method':14s} {'step s':>7s} {'xSFT':>6s} {'CPU s':>7s} {'xSFT':>6s} {'tok/s':>7s} "
+          f"{'run s':>7s} {'xSFT':>6s} {'run CPU':>8s} {'xSFT':>6s} {'setup s':>8s} {'peak MiB':>9s} {'xSFT':>6s}")
+    fmt = lambda v, spec: "-" if v is None else format(v, spec)  # noqa: E731
+    for name, r in rows.items():
+        print(f"{name:14s} {r['step_s']:7.2f} {r['step_s_x_sft']:6.3f} {r['step_cpu_s']:7.2f} "
+              f"{r['step_cpu_s_x_sft']:6.3f} {r['tokens_per_s']:7.1f} {r['run_s']:7.1f} {r['run_s_x_sft']:6.3f} "
+              f"{r['run_cpu_s']:8.1f} {r['run_cpu_s_x_sft']:6.3f} {r['setup_s']:8.1f} "
+              f"{fmt(r['peak_mib'], '9.0f')} {fmt(r['peak_mib_x_sft'], '6.3f')}")
+    print("run = setup (ProCon cached: its anchor pass) + every step; step = median step without the first")
     print(f"direction extraction (128 + 128 prompts, once, loaded by every ProCon run): {extraction_s:.1f} s")
     if args.json:
-        Path(args.json).write_text(json.dumps({"args": vars(args), "load_average": load, "steps": summary,
-                                               "whole_run": whole, "direction_extraction_s": extraction_s,
-                                               "raw": step_runs}, indent=2))
-
-
-def print_steps(summary: dict[str, dict]) -> None:
-    sft = summary["sft"]
-    print(f"{'method':15s} {'step s':>8s} {'x SFT':>7s} {'CPU s':>8s} {'x SFT':>7s} {'tokens/s':>9s} "
-          f"{'peak MiB':>9s} {'x SFT':>7s}")
-    for name, s in summary.items():
-        s["step_ratio"] = s["step_s"] / sft["step_s"]
-        s["cpu_ratio"] = s["step_cpu_s"] / sft["step_cpu_s"]
-        s["peak_ratio"] = s["peak_mib"] / sft["peak_mib"]
-        print(f"{name:15s} {s['step_s']:8.3f} {s['step_ratio']:7.3f} {s['step_cpu_s']:8.3f} {s['cpu_ratio']:7.3f} "
-              f"{s['tokens_per_s']:9.1f} {s['peak_mib']:9.0f} {s['peak_ratio']:7.3f}")
+        Path(args.json).write_text(json.dumps({"args": vars(args), "load_average": load, "rows": rows,
+                                               "direction_extraction_s": extraction_s,
+                                               "raw": {k: v["steps"] for k, v in timing.items()}}, indent=2))
 
 
 if __name__ == "__main__":

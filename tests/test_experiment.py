@@ -87,3 +87,13 @@ def test_findings_state_each_claim_either_way():
     assert "ratio 0.60; claim ≤ 0.4: does NOT hold" in text
     assert "-1.0 points; claim within 2 points: holds" in text
     assert "claim 'ProCon drifts less': holds" in text
+
+
+def test_bench_configs_load():
+    from pathlib import Path
+
+    folder = Path(__file__).resolve().parents[1] / "configs" / "bench"
+    cfgs = {p.stem: ExperimentConfig.from_yaml(p) for p in sorted(folder.glob("*.yaml"))}
+    assert set(cfgs) == {"embedded", "llama2_7b"}
+    assert len(cfgs["embedded"].methods) == 9 and cfgs["embedded"].scenarios == ["benign", "attack"]
+    assert cfgs["llama2_7b"].safety_samples == 1000 and cfgs["llama2_7b"].procon_warmup == 4.0

@@ -194,8 +194,8 @@ class AsFT(Regularizer):
             raise RuntimeError("asft: setup(trainer) must run before the penalty is computed")
         first = next(iter(self._modules.values())).lora_A[self._adapter].weight
         total = torch.zeros((), device=first.device, dtype=torch.float32)
-        # Under CPU/GPU autocast these matmuls would run in bf16; the penalty compares
-        # near-equal matrices (B vs C B), so it is computed in fp32.
+        # Under autocast these matmuls would run in bf16; X = B - C B is a difference whose
+        # cancellation bf16 would blur, and the cost (r×r Grams) is negligible in fp32.
         with torch.autocast(first.device.type, enabled=False):
             for name, module in self._modules.items():
                 B, A = lora_factors(module, self._adapter)
