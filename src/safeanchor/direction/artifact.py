@@ -7,8 +7,8 @@ means, ``norms`` (P, L) float64, ``harmful_mean`` / ``harmless_mean`` (P, L, D) 
 counts, seed, library versions and, once selected, the chosen (layer, position) and all scores.
 
 >>> rd = RefusalDirection.from_pretrained("runs/direction")  # doctest: +SKIP
->>> rd.unit().shape                                          # (L, D) at the last prompt token
-torch.Size([30, 576])                                        # doctest: +SKIP
+>>> rd.unit().shape  # (L, D) at the last prompt token       # doctest: +SKIP
+torch.Size([30, 576])
 """
 
 from __future__ import annotations

@@ -6,8 +6,8 @@ differences (ProCon's drift measure).
 
 >>> ref = RefusalDirection.from_pretrained("runs/direction")  # doctest: +SKIP
 >>> cos = compute_drift(ref, model, tok)                      # doctest: +SKIP
->>> cos.shape                                                 # (P, L)
-torch.Size([1, 30])                                           # doctest: +SKIP
+>>> cos.shape  # (P, L)                                       # doctest: +SKIP
+torch.Size([1, 30])
 """
 
 from __future__ import annotations

@@ -98,7 +98,7 @@ def last_token_logprobs(model, tokenizer, records: Sequence[Record], *, batch_si
 def refusal_score(logprobs: torch.Tensor, token_ids: Sequence[int]) -> torch.Tensor:
     """log p(refusal) − log(1 − p(refusal)) per row, ``(N,)`` float64.
 
-    >>> lp = torch.log(torch.tensor([[0.5, 0.25, 0.25]]))
+    >>> lp = torch.log(torch.tensor([[0.5, 0.25, 0.25]], dtype=torch.float64))
     >>> refusal_score(lp, [0]).tolist()
     [0.0]
     """

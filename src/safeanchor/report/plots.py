@@ -3,7 +3,7 @@
 With ``result_plots.py`` the only matplotlib importers in safeanchor; matplotlib is imported
 inside the functions so nothing else pays for it.
 
->>> # plot_drift(["ckpt-100", "ckpt-200"], [[1.0, 0.9], [0.95, 0.7]], "drift")  # doctest: +SKIP
+>>> plot_drift(["ckpt-100", "ckpt-200"], [[1.0, 0.9], [0.95, 0.7]], "drift")  # doctest: +SKIP
 """
 
 from __future__ import annotations
