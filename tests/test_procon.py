@@ -268,7 +268,7 @@ def test_state_dict_round_trip_skips_recomputation(tmp_path, tiny_tokenizer, dat
 
 @pytest.mark.slow
 def test_procon_on_embedded_model(tmp_path, embedded_cache):
-    """A few ProCon steps on SmolLM2-135M in bf16 autocast: exact 0 at step 0, then > 0."""
+    """A few ProCon steps on SmolLM2-135M (CPU default precision): exact 0 at step 0, then > 0."""
     from safeanchor.train import SafeTrainingConfig, train
 
     cfg = SafeTrainingConfig(

@@ -17,7 +17,7 @@ LABELS = ("sports", "business", "science", "politics", "entertainment")
 
 
 def test_registry():
-    assert set(TASKS) == {"arithmetic", "topic"}
+    assert set(TASKS) == {"arithmetic", "arithmetic_steps", "topic"}
     assert all(isinstance(s, TaskSpec) and s.name == k and s.description for k, s in TASKS.items())
     assert TASKS["arithmetic"].labels is None
     assert TASKS["topic"].labels == LABELS
@@ -224,3 +224,17 @@ def test_unknown_names_and_splits_raise():
 
 def test_module_doctests():
     assert doctest.testmod(tasks).failed == 0
+
+
+def test_arithmetic_steps_shares_items_and_answers_with_worked_responses():
+    for split, n in (("train", 40), ("test", 40)):
+        bare, worked = generate_task("arithmetic", split, n), generate_task("arithmetic_steps", split, n)
+        assert [r["prompt"] for r in bare] == [r["prompt"] for r in worked]
+        assert [r["answer"] for r in bare] == [r["answer"] for r in worked]
+        for r in worked:
+            assert r["response"].endswith(f"The answer is {r['answer']}.") and "=" in r["response"]
+            assert score_exact("arithmetic_steps", r["response"], r["answer"])
+            # the calculation shown is right: every "x op y = z" holds
+            for a, op, b, z in re.findall(r"(\d+) ([-+x]) (\d+) = (\d+)", r["response"]):
+                a, b, z = int(a), int(b), int(z)
+                assert {"+": a + b, "-": a - b, "x": a * b}[op] == z, r["response"]

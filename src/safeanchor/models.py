@@ -188,9 +188,10 @@ def default_device() -> torch.device:
 def choose_precision(device: torch.device | str, precision: str = "auto") -> Precision:
     """Pick weights dtype / autocast for ``device``.
 
-    ``auto``: bf16 weights on a GPU that supports it; on CPU fp32 weights with bf16 autocast,
-    which measured faster than fp32 for SmolLM2 LoRA steps here (BENCHMARKS.md) while keeping
-    fp32 master weights. ``fp32``/``bf16``/``fp16`` force a choice.
+    ``auto``: bf16 weights on a GPU that supports it; on CPU plain fp32. bf16 autocast on this
+    kind of CPU measured 1.6x slower per LoRA step and 1.3x slower in batched generation than
+    fp32 (``benchmarks/bench_precision.py``, BENCHMARKS.md), and fp32 is exact.
+    ``fp32``/``bf16``/``fp16`` force a choice.
     """
     dev = torch.device(device).type
     if precision == "fp32":
@@ -205,7 +206,7 @@ def choose_precision(device: torch.device | str, precision: str = "auto") -> Pre
         if torch.cuda.is_bf16_supported():
             return Precision(torch.bfloat16, None)
         return Precision(torch.float16, None)
-    return Precision(torch.float32, torch.bfloat16)
+    return Precision(torch.float32, None)
 
 
 def resolve_model_path(name_or_path: str) -> tuple[str, str | None]:

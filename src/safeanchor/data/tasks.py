@@ -6,6 +6,10 @@ Two tasks, both generated from a seed, both scored by exact match on an extracte
     Short word problems (addition, subtraction, multiplication of small numbers, two-step
     problems); every answer is an integer in ``[0, 200)``. The training response is the bare
     integer, e.g. ``"18"``.
+``arithmetic_steps``
+    The same problems (same train and test items) with a worked response, e.g.
+    ``"34 + 33 = 67, then 67 - 14 = 53.\nThe answer is 53."``: more response tokens for the
+    fine-tuning to act on, closer to GSM8K-style data; scored on the final number.
 ``topic``
     A synthetic news headline (templates + word lists, fictional names) to be classified as one
     of ``sports, business, science, politics, entertainment``. The training response is the bare
@@ -59,6 +63,12 @@ TASKS: dict[str, TaskSpec] = {
         "integer below 200 and the target response is that integer alone.",
         None,
     ),
+    "arithmetic_steps": TaskSpec(
+        "arithmetic_steps",
+        "The arithmetic problems (same items, same test set) with a worked target response: the "
+        "calculation, then 'The answer is N.' (GSM8K-style; scored on the final number).",
+        None,
+    ),
     "topic": TaskSpec(
         "topic",
         "Classify a synthetic news headline as one of: " + ", ".join(TOPIC_LABELS)
@@ -85,7 +95,7 @@ _OTHERS = ("a friend", "a classmate", "a neighbor", "a cousin", "the teacher", "
 _CONTAINERS = ("boxes", "bags", "jars", "packs", "baskets", "trays")
 
 
-def _arith_add(rng: random.Random) -> tuple[str, int]:
+def _arith_add(rng: random.Random) -> tuple[str, int, str]:
     name, item = rng.choice(_NAMES), rng.choice(_ITEMS)
     a, b = rng.randint(2, 99), rng.randint(2, 99)
     t = rng.randrange(3)
@@ -96,10 +106,10 @@ def _arith_add(rng: random.Random) -> tuple[str, int]:
              f"How many {item} are on the table now?")
     else:
         q = f"{name} collected {a} {item} on Monday and {b} {item} on Tuesday. How many {item} is that in total?"
-    return q, a + b
+    return q, a + b, f"{a} + {b} = {a + b}."
 
 
-def _arith_sub(rng: random.Random) -> tuple[str, int]:
+def _arith_sub(rng: random.Random) -> tuple[str, int, str]:
     name, item, other = rng.choice(_NAMES), rng.choice(_ITEMS), rng.choice(_OTHERS)
     a = rng.randint(10, 150)
     b = rng.randint(1, a - 1)
@@ -110,10 +120,10 @@ def _arith_sub(rng: random.Random) -> tuple[str, int]:
         q = f"A jar holds {a} {item}. {name} takes out {b} of them. How many {item} are left in the jar?"
     else:
         q = f"{name} had {a} {item} but lost {b}. How many {item} does {name} have left?"
-    return q, a - b
+    return q, a - b, f"{a} - {b} = {a - b}."
 
 
-def _arith_mul(rng: random.Random) -> tuple[str, int]:
+def _arith_mul(rng: random.Random) -> tuple[str, int, str]:
     name, item, box = rng.choice(_NAMES), rng.choice(_ITEMS), rng.choice(_CONTAINERS)
     a, b = rng.randint(2, 12), rng.randint(2, 15)
     t = rng.randrange(3)
@@ -123,10 +133,10 @@ def _arith_mul(rng: random.Random) -> tuple[str, int]:
         q = f"There are {a} {box} with {b} {item} in each. How many {item} are there altogether?"
     else:
         q = f"{name} gets {b} {item} every day for {a} days. How many {item} does {name} get in all?"
-    return q, a * b
+    return q, a * b, f"{a} x {b} = {a * b}."
 
 
-def _arith_two_step(rng: random.Random) -> tuple[str, int]:
+def _arith_two_step(rng: random.Random) -> tuple[str, int, str]:
     name, item = rng.choice(_NAMES), rng.choice(_ITEMS)
     other, box = rng.choice(_OTHERS), rng.choice(_CONTAINERS)
     t = rng.randrange(3)
@@ -135,28 +145,28 @@ def _arith_two_step(rng: random.Random) -> tuple[str, int]:
         c = rng.randint(1, a + b - 1)
         q = (f"{name} has {a} {item}, buys {b} more, and then gives {c} to {other}. "
              f"How many {item} does {name} have now?")
-        return q, a + b - c
+        return q, a + b - c, f"{a} + {b} = {a + b}, then {a + b} - {c} = {a + b - c}."
     if t == 1:
         a, b = rng.randint(2, 9), rng.randint(2, 12)
         c = rng.randint(1, 199 - a * b)
         q = (f"{name} already has {c} {item} and buys {a} {box} with {b} {item} in each. "
              f"How many {item} does {name} have now?")
-        return q, a * b + c
+        return q, a * b + c, f"{a} x {b} = {a * b}, then {a * b} + {c} = {a * b + c}."
     a, b = rng.randint(2, 9), rng.randint(2, 12)
     c = rng.randint(1, a * b - 1)
     q = (f"{name} fills {a} {box} with {b} {item} each and then eats or uses {c} of them. "
          f"How many {item} are left?")
-    return q, a * b - c
+    return q, a * b - c, f"{a} x {b} = {a * b}, then {a * b} - {c} = {a * b - c}."
 
 
 _ARITH_KINDS = (_arith_add, _arith_sub, _arith_mul, _arith_two_step)
 
 
-def _make_arithmetic(rng: random.Random) -> tuple[str, str]:
-    question, value = rng.choice(_ARITH_KINDS)(rng)
+def _make_arithmetic(rng: random.Random) -> tuple[str, str, str]:
+    question, value, work = rng.choice(_ARITH_KINDS)(rng)
     if not 0 <= value < 200:  # pragma: no cover - the number ranges above rule this out
         raise AssertionError(f"arithmetic answer out of range: {question!r} -> {value}")
-    return question, str(value)
+    return question, str(value), f"{work}\nThe answer is {value}."
 
 
 # --------------------------------------------------------------------------------------------
@@ -352,16 +362,18 @@ def topic_prompt(headline: str) -> str:
             f"Headline: {headline}")
 
 
-def _make_topic(rng: random.Random) -> tuple[str, str]:
+def _make_topic(rng: random.Random) -> tuple[str, str, str]:
     label = rng.choice(TOPIC_LABELS)
     headline = _fill(rng.choice(_TOPIC_TEMPLATES[label]), rng)
-    return topic_prompt(headline), label
+    return topic_prompt(headline), label, label
 
 
-_MAKERS: dict[str, Callable[[random.Random], tuple[str, str]]] = {
+# task -> (item maker, task whose items it shares, response: "answer" or the worked "solution")
+_MAKERS: dict[str, Callable[[random.Random], tuple[str, str, str]]] = {
     "arithmetic": _make_arithmetic,
     "topic": _make_topic,
 }
+_ITEMS_OF = {"arithmetic_steps": "arithmetic"}
 
 # --------------------------------------------------------------------------------------------
 # generation
@@ -373,26 +385,27 @@ def _check_name(name: str) -> None:
         raise ValueError(f"unknown task {name!r}; available tasks: {', '.join(TASKS)}")
 
 
-def _stream(name: str, rng: random.Random, n: int, exclude: frozenset[str] = frozenset()) -> list[tuple[str, str]]:
-    """The first ``n`` distinct (prompt, answer) pairs drawn from ``rng``, skipping ``exclude``."""
+def _stream(name: str, rng: random.Random, n: int,
+            exclude: frozenset[str] = frozenset()) -> list[tuple[str, str, str]]:
+    """The first ``n`` distinct (prompt, answer, solution) items drawn from ``rng``, skipping ``exclude``."""
     make = _MAKERS[name]
     seen: set[str] = set()
-    out: list[tuple[str, str]] = []
+    out: list[tuple[str, str, str]] = []
     misses = 0
     while len(out) < n:
-        prompt, answer = make(rng)
+        prompt, answer, solution = make(rng)
         if prompt in seen or prompt in exclude:
             misses += 1
             if misses > 50 * n + 1000:  # pragma: no cover - the generators are far from exhausted
                 raise RuntimeError(f"task {name!r}: could not draw {n} distinct items")
             continue
         seen.add(prompt)
-        out.append((prompt, answer))
+        out.append((prompt, answer, solution))
     return out
 
 
 @lru_cache(maxsize=None)
-def _test_pool(name: str) -> tuple[tuple[str, str], ...]:
+def _test_pool(name: str) -> tuple[tuple[str, str, str], ...]:
     return tuple(_stream(name, random.Random(f"safeanchor-task:{name}:test"), TEST_POOL_SIZE))
 
 
@@ -412,14 +425,16 @@ def generate_task(name: str, split: str, n: int | None = None, seed: int = 0) ->
         n = DEFAULT_TEST_SIZE if split == "test" else DEFAULT_TRAIN_SIZE
     if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= limit:
         raise ValueError(f"n must be an integer in [0, {limit}] for the {split} split, got {n!r}")
-    pool = _test_pool(name)
+    items_of = _ITEMS_OF.get(name, name)
+    pool = _test_pool(items_of)
     if split == "test":
-        pairs = list(pool[:n])
+        items = list(pool[:n])
     else:
-        exclude = frozenset(p for p, _ in pool)
-        pairs = _stream(name, random.Random(f"safeanchor-task:{name}:train:{seed}"), n, exclude)
-    return [{"id": f"{name}-{split}-{i:05d}", "prompt": p, "response": a, "answer": a, "task": name}
-            for i, (p, a) in enumerate(pairs)]
+        exclude = frozenset(p for p, _, _ in pool)
+        items = _stream(items_of, random.Random(f"safeanchor-task:{items_of}:train:{seed}"), n, exclude)
+    worked = name != items_of
+    return [{"id": f"{name}-{split}-{i:05d}", "prompt": p, "response": sol if worked else a, "answer": a, "task": name}
+            for i, (p, a, sol) in enumerate(items)]
 
 
 # --------------------------------------------------------------------------------------------
@@ -463,7 +478,7 @@ def extract_answer(name: str, text: str) -> str | None:
     _check_name(name)
     if text is None:
         return None
-    if name == "arithmetic":
+    if TASKS[name].labels is None:
         for pattern in (_HASH_ANSWER, _SAID_ANSWER):
             hits = pattern.findall(text)
             if hits:
@@ -483,7 +498,8 @@ def score_exact(name: str, prediction_text: str, answer: str) -> bool:
     if pred is None:
         return False
     gold = answer.strip()
-    gold = _normalise_number(gold) if name == "arithmetic" and re.fullmatch(_NUM, gold) else gold.lower()
+    numeric = TASKS[name].labels is None
+    gold = _normalise_number(gold) if numeric and re.fullmatch(_NUM, gold) else gold.lower()
     return pred == gold
 
 

@@ -12,7 +12,18 @@ A recipe in four numbered stages (artifacts under ``<out>/alignment/``, the mode
    of the evaluation splits, stored with provenance in ``<out>/alignment.json``.
 
 ``embedded:smollm2-135m-safe`` is this stage applied to ``embedded:smollm2-135m-instruct`` with
-the defaults below (tuned on the train/val splits only).
+the defaults below, tuned on the train/val splits only (val refusal rates, harmful / harmless,
+keyword judge, 32 new tokens; LoRA r16 on q/k/v/o unless noted):
+
+* all-linear, 2 epochs, lr 5e-4, batches grouped by length: 94% / 42% (the short refusals
+  bunched at the end of each epoch; random mixed batches since);
+* 1 epoch, lr 1e-3, answers cut to 64 tokens: 92% / 32%;
+* the same with every harmless example twice: 88% / 18%;
+* 2 epochs, harmless twice, loss on the first 32 tokens of each harmless answer: 90% / 12%
+  (the default: 156 steps, 7 min on a 2-core CPU).
+
+Over-refusal is the hard side on a 135M model: its refusals generalise to any request, and
+more harmless weight trades directly against harmful refusals.
 
 >>> # from safeanchor.pipelines.align import build_safe_model
 >>> # info = build_safe_model("embedded:smollm2-135m-instruct", "runs/safe-smollm2")
@@ -52,18 +63,24 @@ class AlignConfig:
                                  metadata={"help": "refusal texts paired with the harmful prompts (bundled: or file:)"})
     n_harmful: int | None = field(default=None, metadata={"help": "use the first n harmful prompts; None = all"})
     n_harmless: int | None = field(default=None, metadata={"help": "use the first n harmless prompts; None = all"})
-    answer_max_new_tokens: int = field(default=96, metadata={"help": "length of the base model's harmless answers"})
+    answer_max_new_tokens: int = field(default=48, metadata={"help": "length of the base model's harmless answers"})
+    harmless_response_tokens: int | None = field(default=32, metadata={
+        "help": "train on only the first n tokens of each harmless answer (no end-of-turn label): whether "
+                "to help or refuse is decided in the first tokens, and the rest is the model's own text "
+                "anyway; None = the whole answer"})
+    harmless_repeat: int = field(default=2, metadata={
+        "help": "times each harmless example appears per epoch (over-refusal control)"})
     epochs: float = field(default=2.0, metadata={"help": "passes over the mixed training set"})
-    learning_rate: float = field(default=5e-4, metadata={"help": "AdamW peak learning rate (linear decay)"})
+    learning_rate: float = field(default=1e-3, metadata={"help": "AdamW peak learning rate (linear decay)"})
     warmup_ratio: float = field(default=0.05, metadata={"help": "share of steps with linear warm-up"})
     batch_size: int = field(default=8, metadata={"help": "examples per optimiser step"})
     max_length: int = field(default=256, metadata={"help": "max tokens of prompt + response"})
     lora_r: int = field(default=16, metadata={"help": "LoRA rank of the alignment adapter"})
     lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha"})
     lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout"})
-    lora_targets: tuple[str, ...] = field(default=ALL_LINEAR,
+    lora_targets: tuple[str, ...] = field(default=("q_proj", "k_proj", "v_proj", "o_proj"),
                                           metadata={"help": "modules the alignment adapter trains"})
-    eval_splits: tuple[str, ...] = field(default=("val", "test"),
+    eval_splits: tuple[str, ...] = field(default=("test",),
                                          metadata={"help": "bundled splits measured at the end: train, val, test"})
     eval_limit: int | None = field(default=None, metadata={"help": "at most n prompts per eval set; None = all"})
     eval_max_new_tokens: int = field(default=48, metadata={"help": "answer length judged for refusal"})
@@ -74,12 +91,12 @@ class AlignConfig:
     progress: bool = field(default=True, metadata={"help": "show progress bars"})
 
     def __post_init__(self) -> None:
-        for name in ("n_harmful", "n_harmless", "eval_limit"):
+        for name in ("n_harmful", "n_harmless", "eval_limit", "harmless_response_tokens"):
             v = getattr(self, name)
             if v is not None and (not isinstance(v, int) or v < 1):
                 raise ValueError(f"align.{name} must be None or an integer >= 1, got {v!r}")
         for name in ("answer_max_new_tokens", "batch_size", "max_length", "lora_r", "lora_alpha",
-                     "eval_max_new_tokens", "generate_batch_size"):
+                     "eval_max_new_tokens", "generate_batch_size", "harmless_repeat"):
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1:
                 raise ValueError(f"align.{name} must be an integer >= 1, got {v!r}")
@@ -142,7 +159,8 @@ def build_training_records(model, tokenizer, cfg: AlignConfig) -> tuple[list, di
     dropped = 0
     for rec, answer in zip(harmless, answers):
         n_tok = len(tokenizer(answer, add_special_tokens=False)["input_ids"])
-        if n_tok >= cfg.answer_max_new_tokens - 2:
+        if n_tok >= cfg.answer_max_new_tokens - 2 and not cfg.harmless_response_tokens:
+            # trained whole (end-of-turn included): do not teach stopping mid-sentence
             answer = _finish_at_sentence(answer)
         # an empty or refusing answer would teach the over-refusal this stage must avoid
         if not answer.strip() or is_refusal(answer):
@@ -166,27 +184,45 @@ def build_training_records(model, tokenizer, cfg: AlignConfig) -> tuple[list, di
 # ---------------------------------------------------------------------------------------------
 
 
+def alignment_features(tokenizer, records: list, cfg: AlignConfig) -> tuple[list[dict[str, list[int]]], int, int]:
+    """Encoded training examples: harmful -> refusal whole (end-of-turn included); each harmless
+    -> own-answer example ``harmless_repeat`` times, cut to its first ``harmless_response_tokens``
+    response tokens when longer (no end-of-turn label then, so no early stop is taught).
+    Returns ``(features, n_truncated_to_max_length, n_harmless_cut)``."""
+    from ..data import encode_pair
+
+    features, truncated, prefix_only = [], 0, 0
+    for i, rec in enumerate(records):
+        enc = encode_pair(tokenizer, rec, max_length=cfg.max_length, where=f"alignment record {i} ({rec.id})")
+        truncated += enc.truncated
+        ids, labels = enc.input_ids, enc.labels
+        harmless = rec.meta.get("kind") == "harmless"
+        if harmless and cfg.harmless_response_tokens and len(ids) > enc.prompt_len + cfg.harmless_response_tokens:
+            keep = enc.prompt_len + cfg.harmless_response_tokens
+            ids, labels = ids[:keep], labels[:keep]
+            prefix_only += 1
+        for _ in range(cfg.harmless_repeat if harmless else 1):
+            features.append({"input_ids": ids, "labels": labels})
+    return features, truncated, prefix_only
+
+
 def train_adapter(model, tokenizer, records: list, cfg: AlignConfig, work_dir: Path) -> tuple[Any, dict[str, Any]]:
     """LoRA SFT on ``records``; returns the PEFT model and the training log."""
     import torch
     from transformers import Trainer, TrainingArguments, set_seed
 
-    from ..data import SFTCollator, encode_pair
+    from ..data import SFTCollator
     from ..models import attach_lora, model_precision
 
     set_seed(cfg.seed)
-    features, truncated = [], 0
-    for i, rec in enumerate(records):
-        enc = encode_pair(tokenizer, rec, max_length=cfg.max_length, where=f"alignment record {i} ({rec.id})")
-        truncated += enc.truncated
-        features.append({"input_ids": enc.input_ids, "labels": enc.labels})
+    features, truncated, prefix_only = alignment_features(tokenizer, records, cfg)
     peft_model = attach_lora(model, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
                              target_modules=list(cfg.lora_targets), seed=cfg.seed)
     peft_model.train()
     device = next(peft_model.parameters()).device
     prec = model_precision(model)
-    # fp32 master weights + bf16 autocast on CPU, bf16 weights on GPU: the Trainer's bf16 flag
-    # turns on the matching autocast
+    # bf16 weights on GPU (or a forced bf16 autocast): the Trainer's bf16 flag turns on the
+    # matching autocast; CPU default is plain fp32
     use_bf16 = prec.autocast == torch.bfloat16 or prec.dtype == torch.bfloat16
     use_fp16 = prec.dtype == torch.float16
     args = TrainingArguments(
@@ -220,6 +256,7 @@ def train_adapter(model, tokenizer, records: list, cfg: AlignConfig, work_dir: P
     log_info = {
         "examples": len(features),
         "truncated_examples": truncated,
+        "harmless_prefix_only_examples": prefix_only,
         "steps": trainer.state.global_step,
         "train_loss": result.training_loss,
         "loss_first": losses[0]["loss"] if losses else None,

@@ -24,7 +24,7 @@ def align(
     n_harmful: Optional[int] = typer.Option(None, help="harmful -> refusal examples (default: all train)"),
     n_harmless: Optional[int] = typer.Option(None, help="harmless -> own-answer examples (default: all train)"),
     lora_r: Optional[int] = typer.Option(None, help="LoRA rank (default: AlignConfig)"),
-    eval_split: Optional[list[str]] = typer.Option(None, help="splits to measure at the end (repeatable; default val, test)"),
+    eval_split: Optional[list[str]] = typer.Option(None, help="splits to measure at the end (repeatable; default test)"),
     eval_limit: Optional[int] = typer.Option(None, help="at most N prompts per eval set (default: all)"),
     answer_max_new_tokens: Optional[int] = typer.Option(None, help="length of the base model's harmless answers"),
     eval_max_new_tokens: Optional[int] = typer.Option(None, help="answer length judged for refusal"),

@@ -86,7 +86,7 @@ class ExperimentConfig:
     model: str = _f("embedded:smollm2-135m-safe", "safety-aligned starting model")
     unaligned_model: str = _f("embedded:smollm2-135m-instruct",
                               "the unaligned counterpart (AsFT/Safe LoRA alignment direction; attack answers)")
-    task: str = _f("arithmetic", "bundled downstream task (arithmetic, topic)")
+    task: str = _f("arithmetic_steps", "bundled downstream task (arithmetic_steps, arithmetic, topic)")
     methods: list = _f(["start", "sft", "procon_wu_safe"], f"methods to run, from {', '.join(METHOD_NAMES)}")
     scenarios: list = _f(["benign"], "benign (task data only) and/or attack (task data + harmful->compliant pairs)")
     seeds: list = _f([0], "training seeds")
@@ -112,7 +112,7 @@ class ExperimentConfig:
     eval_limit: int | None = _f(None, "cap per prompt source (None = all)")
     task_eval_samples: int = _f(200, "task test items")
     max_new_tokens: int = _f(64, "new tokens per safety answer")
-    task_max_new_tokens: int = _f(16, "new tokens per task answer")
+    task_max_new_tokens: int = _f(40, "new tokens per task answer (a worked arithmetic_steps answer is ~25)")
     gen_batch_size: int = _f(32, "generation batch size")
     precision: str = _f("auto", "auto, fp32, bf16, fp16")
 

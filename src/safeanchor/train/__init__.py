@@ -1,14 +1,28 @@
 """Training: ``SafeTrainingConfig`` + ``SafeTrainer`` (CE + scheduled regularizers) and ``train()``.
 
+Names are imported lazily so ``safeanchor --help`` (which imports ``safeanchor.train.commands``)
+does not pay for torch and transformers.
+
 >>> from safeanchor.train import SafeTrainingConfig, train                       # doctest: +SKIP
 >>> result = train(SafeTrainingConfig(method="procon_safe", alpha=2.0, alpha_schedule="warmup",
 ...                                   schedule_length=2, output_dir="runs/procon_wu_safe"))  # doctest: +SKIP
 >>> result.output_dir / "adapter_model.safetensors"                                # doctest: +SKIP
 """
 
-from .config import ConfigError, SafeTrainingConfig, config_from_dict, load_config
-from .schedules import Schedule
-from .trainer import SafeTrainer, TrainResult, ZeroPenaltyError, train
+from __future__ import annotations
 
-__all__ = ["ConfigError", "SafeTrainingConfig", "SafeTrainer", "Schedule", "TrainResult", "ZeroPenaltyError",
-           "config_from_dict", "load_config", "train"]
+import importlib
+
+_EXPORTS = {
+    "ConfigError": "config", "SafeTrainingConfig": "config", "config_from_dict": "config", "load_config": "config",
+    "Schedule": "schedules",
+    "SafeTrainer": "trainer", "TrainResult": "trainer", "ZeroPenaltyError": "trainer", "train": "trainer",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

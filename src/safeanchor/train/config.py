@@ -41,7 +41,7 @@ class SafeTrainingConfig(TrainingArguments):
     model: str = field(default="embedded:smollm2-135m-instruct", metadata={
         "help": "model to fine-tune: hub id, local folder, .gguf file or embedded:<name>"})
     precision: str = field(default="auto", metadata={
-        "help": "auto (GPU: bf16 weights; CPU: fp32 weights + bf16 autocast), fp32, bf16 or fp16"})
+        "help": "auto (GPU: bf16 weights; CPU: fp32), fp32, bf16 or fp16"})
 
     # ---- data -----------------------------------------------------------------------------------
     train_data: Any = field(default_factory=lambda: ["task:arithmetic:train"], metadata={

@@ -98,7 +98,7 @@ class SafeTrainer(Trainer):
     # ---- precision -------------------------------------------------------------------------
 
     def autocast_smart_context_manager(self, cache_enabled: bool | None = True):
-        # The model's own precision (CPU: bf16 autocast over fp32 weights), so the forward of
+        # The model's own precision (CPU: fp32; GPU: bf16 weights; or a forced autocast), so the forward of
         # training and of any anchor pass run in exactly the same arithmetic.
         return model_precision(self.model).autocast_context(self.args.device)
 
