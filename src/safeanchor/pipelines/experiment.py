@@ -90,7 +90,7 @@ class ExperimentConfig:
     methods: list = _f(["start", "sft", "procon_wu_safe"], f"methods to run, from {', '.join(METHOD_NAMES)}")
     scenarios: list = _f(["benign"], "benign (task data only) and/or attack (task data + harmful->compliant pairs)")
     seeds: list = _f([0], "training seeds")
-    train_samples: int = _f(480, "task training examples")
+    train_samples: int = _f(320, "task training examples")
     attack_samples: int = _f(24, "harmful -> compliant pairs mixed in for the attack scenario")
     safety_samples: int = _f(96, "harmful -> refusal samples for *_safe / sft_safety (paper: ~1,000 of ~17k)")
     epochs: float = _f(2.0, "training epochs")
@@ -111,7 +111,7 @@ class ExperimentConfig:
     eval_harmless: str = _f("bundled:harmless:test", "harmless prompts (over-refusal)")
     eval_limit: int | None = _f(None, "cap per prompt source (None = all)")
     task_eval_samples: int = _f(200, "task test items")
-    max_new_tokens: int = _f(64, "new tokens per safety answer")
+    max_new_tokens: int = _f(48, "new tokens per safety answer (the keyword judge reads the first 200 characters)")
     task_max_new_tokens: int = _f(40, "new tokens per task answer (a worked arithmetic_steps answer is ~25)")
     gen_batch_size: int = _f(32, "generation batch size")
     precision: str = _f("auto", "auto, fp32, bf16, fp16")
@@ -136,7 +136,7 @@ class ExperimentConfig:
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> "ExperimentConfig":
         presets: dict[str, dict[str, Any]] = {
-            "demo": {},
+            "demo": {"task_eval_samples": 100},
             "bench": {"methods": list(METHOD_NAMES), "scenarios": ["benign", "attack"]},
             "quick": {"methods": ["start", "sft", "procon_wu_safe"], "scenarios": ["benign"],
                       "train_samples": 64, "epochs": 1.0, "safety_samples": 16, "eval_limit": 16,
