@@ -101,3 +101,8 @@ def test_embedded_model_converts_once_and_loads_from_cache(embedded_cache):
     with torch.no_grad():
         logits = model(**ids).logits
     assert torch.isfinite(logits).all()
+
+
+def test_missing_adapter_is_a_clear_error(tiny_model_dir, tmp_path):
+    with pytest.raises(FileNotFoundError, match="no adapter_config.json"):
+        models.load_model(str(tiny_model_dir), device="cpu", adapter=str(tmp_path / "not-trained"))

@@ -349,3 +349,21 @@ def test_drift_monitoring_during_training(tmp_path, tiny_tokenizer, data):
     assert drift[0]["drift/cos_mean"] == pytest.approx(1.0)  # the original model against itself
     assert all(-1.0 <= h["drift/cos_min"] <= h["drift/cos_mean"] <= 1.0 + 1e-6 for h in drift)
     assert (res.output_dir / "drift_history.json").is_file()
+
+
+def test_yaml_no_means_the_string_no_for_non_boolean_fields():
+    from safeanchor.train.config import ConfigError, load_config
+
+    cfg = load_config(None, ["save_strategy=no", "method=sft"])  # YAML 1.1 reads `no` as False
+    assert str(cfg.save_strategy.value if hasattr(cfg.save_strategy, "value") else cfg.save_strategy) == "no"
+    with pytest.raises(ConfigError, match="save_strategy"):
+        load_config(None, ["save_strategy=yes"])
+
+
+def test_yaml_exponent_without_dot_is_a_float():
+    from safeanchor.train.config import ConfigError, load_config
+
+    cfg = load_config(None, ["learning_rate=2e-3", "alpha=1e-1", "method=procon"])  # YAML 1.1: strings
+    assert cfg.learning_rate == 0.002 and cfg.alpha == 0.1
+    with pytest.raises(ConfigError, match="learning_rate.*must be a number"):
+        load_config(None, ["learning_rate=fast"])

@@ -282,6 +282,10 @@ def load_model(
     if adapter:
         from peft import PeftModel
 
+        ad = Path(adapter).expanduser()
+        if (ad.exists() or ad.is_absolute() or str(adapter).startswith(".")) and not (ad / "adapter_config.json").is_file():
+            raise FileNotFoundError(f"adapter {adapter}: no adapter_config.json there (expected a folder written by "
+                                    "save_pretrained of a PEFT model, e.g. a safeanchor train output_dir)")
         model = PeftModel.from_pretrained(model, adapter)
     model.to(device)
     model.eval()

@@ -66,7 +66,11 @@ def eval_command(
     except ValueError as e:
         console.print(f"[red]error:[/red] {e}")
         raise typer.Exit(2)
-    m, tok = load_model(model, device=device, precision=precision, adapter=adapter)
+    try:
+        m, tok = load_model(model, device=device, precision=precision, adapter=adapter)
+    except FileNotFoundError as e:
+        console.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(2)
     try:
         result = evaluate_model(m, tok, cfg)
     except (DataError, JudgeConnectionError, JudgeOutputError) as e:

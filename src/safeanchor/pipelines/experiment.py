@@ -90,12 +90,12 @@ class ExperimentConfig:
     methods: list = _f(["start", "sft", "procon_wu_safe"], f"methods to run, from {', '.join(METHOD_NAMES)}")
     scenarios: list = _f(["benign"], "benign (task data only) and/or attack (task data + harmful->compliant pairs)")
     seeds: list = _f([0], "training seeds")
-    train_samples: int = _f(320, "task training examples")
+    train_samples: int = _f(192, "task training examples")
     attack_samples: int = _f(24, "harmful -> compliant pairs mixed in for the attack scenario")
-    safety_samples: int = _f(96, "harmful -> refusal samples for *_safe / sft_safety (paper: ~1,000 of ~17k)")
+    safety_samples: int = _f(32, "harmful -> refusal samples for *_safe / sft_safety (paper: ~1,000 of ~17k)")
     epochs: float = _f(2.0, "training epochs")
     batch_size: int = _f(8, "per-device batch size")
-    learning_rate: float = _f(5e-4, "LoRA learning rate")
+    learning_rate: float = _f(2e-3, "LoRA learning rate (at 5e-4 plain SFT left the 135M model's ASR unchanged: 13.2% -> 15.4%)")
     lora_r: int = _f(8, "LoRA rank (paper 8)")
     lora_alpha: int = _f(16, "LoRA alpha (paper 16)")
     max_length: int = _f(256, "max tokens per training example")
@@ -111,7 +111,7 @@ class ExperimentConfig:
     eval_harmless: str = _f("bundled:harmless:test", "harmless prompts (over-refusal)")
     eval_limit: int | None = _f(None, "cap per prompt source (None = all)")
     task_eval_samples: int = _f(200, "task test items")
-    max_new_tokens: int = _f(48, "new tokens per safety answer (the keyword judge reads the first 200 characters)")
+    max_new_tokens: int = _f(32, "new tokens per safety answer (a refusal shows in the first ~12)")
     task_max_new_tokens: int = _f(40, "new tokens per task answer (a worked arithmetic_steps answer is ~25)")
     gen_batch_size: int = _f(32, "generation batch size")
     precision: str = _f("auto", "auto, fp32, bf16, fp16")
@@ -137,7 +137,8 @@ class ExperimentConfig:
     def preset(cls, name: str, **overrides: Any) -> "ExperimentConfig":
         presets: dict[str, dict[str, Any]] = {
             "demo": {"task_eval_samples": 100},
-            "bench": {"methods": list(METHOD_NAMES), "scenarios": ["benign", "attack"]},
+            "bench": {"methods": list(METHOD_NAMES), "scenarios": ["benign", "attack"], "train_samples": 160,
+                      "task_eval_samples": 100},
             "quick": {"methods": ["start", "sft", "procon_wu_safe"], "scenarios": ["benign"],
                       "train_samples": 64, "epochs": 1.0, "safety_samples": 16, "eval_limit": 16,
                       "task_eval_samples": 32, "direction_samples": 32, "max_new_tokens": 32},
@@ -238,25 +239,32 @@ def planned_runs(cfg: ExperimentConfig) -> list[Run]:
     return runs
 
 
-# Seconds on a 2-core CPU for SmolLM2-135M (measured by running the demo; used only for the
-# estimate printed up front, which is refined as the run goes).
-_EST = {"align": 420.0, "direction": 25.0, "attack_data": 40.0, "step": 0.75, "eval_prompt": 0.09, "drift": 12.0}
+# Seconds on a 2-core CPU for SmolLM2-135M, measured in a `safeanchor demo` run (stage.json
+# timings): the alignment build (incl. the GGUF conversion), direction extraction, one LoRA
+# step of batch 8 on arithmetic_steps (~85 tokens), the fixed cost of a training run (model load,
+# ProCon anchor pass), one generated token of one prompt in a batch of 32, one drift measurement.
+# Only used for the estimate printed up front; other models/machines scale it.
+_EST = {"align": 570.0, "direction": 15.0, "attack_data": 40.0, "step": 3.25, "run_setup": 10.0,
+        "procon_setup": 45.0, "gen_token": 0.0062, "eval_setup": 5.0, "drift": 17.0}
 
 
 def estimate_seconds(cfg: ExperimentConfig, *, start_built: bool) -> float:
     runs = planned_runs(cfg)
-    steps = 0.0
+    train = 0.0
     for r in runs:
         n = cfg.train_samples + (cfg.attack_samples if r.scenario == "attack" else 0)
         if r.method in ("sft_safety", "procon_s_safe", "procon_wu_safe"):
             n += cfg.safety_samples
-        steps += -(-n // cfg.batch_size) * cfg.epochs
-    n_eval = (len(runs) + 1) * (100 * len(cfg.eval_harmful) + 90 + cfg.task_eval_samples // 3)
-    if cfg.eval_limit:
-        n_eval = (len(runs) + 1) * (cfg.eval_limit * (len(cfg.eval_harmful) + 1) + cfg.task_eval_samples // 3)
+        train += -(-n // cfg.batch_size) * cfg.epochs * _EST["step"] + _EST["run_setup"]
+        if r.method.startswith("procon"):
+            train += _EST["procon_setup"]
+    cap = cfg.eval_limit or 10**9
+    n_safety = min(cap, 91) * len(cfg.eval_harmful) + min(cap, 84)  # bundled test sizes; others similar
+    tokens = n_safety * cfg.max_new_tokens + min(cap, cfg.task_eval_samples) * cfg.task_max_new_tokens
+    evals = (len(runs) + 1) * (tokens * _EST["gen_token"] + _EST["eval_setup"])
     return ((0 if start_built else _EST["align"]) + _EST["direction"]
             + (_EST["attack_data"] if "attack" in cfg.scenarios else 0)
-            + steps * _EST["step"] + n_eval * _EST["eval_prompt"] + len(runs) * _EST["drift"])
+            + train + evals + len(runs) * _EST["drift"])
 
 
 def run_experiment(cfg: ExperimentConfig, out: str | Path, *, kind: str = "bench") -> dict[str, Any]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import re
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -113,6 +114,10 @@ class SafeTrainingConfig(TrainingArguments):
     optim: str = field(default="adamw_torch", metadata={"help": "optimizer (HF names)"})
 
     def __post_init__(self) -> None:
+        import torch
+
+        if self.dataloader_pin_memory and not torch.cuda.is_available():
+            self.dataloader_pin_memory = False  # pinned memory needs an accelerator (else a warning per run)
         if isinstance(self.train_data, str):
             self.train_data = [self.train_data]
         if (not isinstance(self.train_data, (list, tuple)) or not self.train_data
@@ -258,11 +263,40 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return [p.strip() for p in key.split(".")], value
 
 
+_FLOAT_TEXT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
+def _yaml11_fixups(data: dict[str, Any], where: str) -> dict[str, Any]:
+    """Undo two YAML 1.1 surprises for top-level fields.
+
+    * An unquoted ``no`` reads as ``False``: for a field that is not a boolean (``save_strategy:
+      no``) it means the string ``"no"`` (the HF TrainingArguments convention); ``True`` there is
+      an error naming the field.
+    * ``2e-3`` (no dot) reads as a string: for a float field it is the number; any other text
+      there is an error naming the field.
+    """
+    types = {f.name: str(f.type) for f in dataclasses.fields(SafeTrainingConfig)}
+    out = dict(data)
+    for key, value in data.items():
+        kind = types.get(key, "")
+        if isinstance(value, bool) and kind and "bool" not in kind:
+            if value:
+                raise ConfigError(f"{where}: field {key!r} takes a string or number, got a boolean (true/yes/on); "
+                                  "quote the value")
+            out[key] = "no"
+        elif isinstance(value, str) and kind.replace("Optional[", "").startswith("float"):
+            if not _FLOAT_TEXT.fullmatch(value.strip()):
+                raise ConfigError(f"{where}: field {key!r} must be a number, got {value!r}")
+            out[key] = float(value)
+    return out
+
+
 def config_from_dict(data: dict[str, Any], *, where: str = "config") -> SafeTrainingConfig:
     """Build a config from a mapping; unknown keys and bad values are :class:`ConfigError` naming ``where``."""
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: expected a mapping of config keys, got {type(data).__name__}")
     _check_keys(data, where)
+    data = _yaml11_fixups(data, where)
     try:
         return SafeTrainingConfig(**data)
     except ConfigError as e:
