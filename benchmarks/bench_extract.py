@@ -4,7 +4,7 @@
 
 Three sides, each over the same length-sorted, left-padded batches of chat-formatted prompts
 (half ``bundled:harmful:train``, half ``bundled:harmless:train``), under ``no_grad`` in the
-model's precision (CPU: fp32 weights + bf16 autocast):
+model's precision (CPU: fp32):
 
 * ``forward``  -- ``model(...)``: the full CausalLM (all blocks, final norm, LM head on every
   position); what "run the model over the prompts" costs.

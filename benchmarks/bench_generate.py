@@ -5,8 +5,8 @@
 Both paths use :func:`safeanchor.evaluate.generate` (same prompts, greedy, chat template); the
 one-at-a-time path is ``batch_size=1``. They run interleaved, chunk by chunk, so a busy machine
 slows both alike. Each precision gets one untimed warm-up batch first (the
-first call pays one-off kernel set-up). ``--precisions auto fp32`` compares fp32 weights + bf16
-autocast (``auto`` on CPU) against plain fp32. Prints prompts/s and the speed-up; ``--json``
+first call pays one-off kernel set-up). ``--precisions`` runs each of auto (CPU: fp32), fp32,
+bf16 (bf16 weights); the fp32-vs-autocast comparison is ``bench_precision.py``. Prints prompts/s and the speed-up; ``--json``
 writes the numbers.
 """
 

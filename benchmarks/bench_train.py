@@ -5,7 +5,7 @@
 
 Same data for every method: ``--samples`` synthetic arithmetic records padded with a worked
 explanation to about ``--seq-len`` tokens, batch ``--batch-size``, LoRA (q/k/v/o, r=8), the
-default precision (CPU: fp32 weights + bf16 autocast).
+default precision (CPU: fp32).
 
 * time: every method trains in the same process, one model each, and they take turns step by
   step (SFT step, ProCon step, ..., SFT step, ...), so load from other processes on the machine

@@ -97,3 +97,26 @@ def test_bench_configs_load():
     assert set(cfgs) == {"embedded", "llama2_7b"}
     assert len(cfgs["embedded"].methods) == 9 and cfgs["embedded"].scenarios == ["benign", "attack"]
     assert cfgs["llama2_7b"].safety_samples == 1000 and cfgs["llama2_7b"].procon_warmup == 4.0
+
+
+def test_full_matrix_both_scenarios_on_tiny_model(tiny_model_dir, tiny_tokenizer, tmp_path):
+    """Every method of the bench (AsFT, Safe LoRA, ProCon variants, ...) x benign/attack runs
+    through the pipeline: one row per run, each with an eval file and numbers in range."""
+    from conftest import make_tiny_llama
+    from safeanchor.pipelines.experiment import METHOD_NAMES
+
+    unaligned = tmp_path / "unaligned"  # a different tiny model: AsFT / Safe LoRA need W_aligned != W_unaligned
+    make_tiny_llama(len(tiny_tokenizer), seed=1).save_pretrained(unaligned)
+    tiny_tokenizer.save_pretrained(unaligned)
+    cfg = tiny_cfg(tiny_model_dir, unaligned_model=str(unaligned), methods=list(METHOD_NAMES), scenarios=["benign", "attack"], attack_samples=2,
+                   eval_limit=2, task_eval_samples=2, max_new_tokens=2, task_max_new_tokens=2)
+    out = tmp_path / "bench"
+    results = run_experiment(cfg, out, kind="bench")
+    rows = {(r["method"], r["scenario"]) for r in results["runs"]}
+    assert rows == {(m, s) for m in METHOD_NAMES for s in ("benign", "attack")}
+    for row in results["runs"]:
+        assert (out / row["eval_file"]).is_file() and 0.0 <= row["asr"] <= 1.0
+    assert (out / "04_train" / "safe_lora-attack-s0" / "safe_lora_report.json").is_file()
+    attack = json.loads((out / "03_data" / "stage.json").read_text())["files"]["attack"]
+    assert attack["harmful_pairs"] >= 1
+    assert "bench report" in (out / "report" / "report.md").read_text()
