@@ -223,9 +223,21 @@ def memory_worker(spec: dict) -> dict:
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     train(config_from_dict(spec["config"], where=spec["name"]), model, tok)
-    peak = (torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available()
-            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)  # MiB (Linux reports KiB)
+    peak = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else _peak_rss_mib(resource)
     return {"name": spec["name"], "peak_mib": peak}
+
+
+def _peak_rss_mib(resource) -> float:
+    """Peak RSS of this process image. ``VmHWM`` (Linux) belongs to the address space created by
+    exec; ``ru_maxrss`` is not usable here: Linux carries the parent's peak over fork + exec, and
+    the parent holds every timing model at once."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB -> MiB
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def run_child(spec: dict) -> dict:
@@ -251,6 +263,7 @@ def main() -> None:
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--memory-steps", type=int, default=2, help="steps per peak-memory run (0 = skip)")
+    ap.add_argument("--memory-only", action="store_true", help="only the peak-memory runs (insensitive to load)")
     ap.add_argument("--out", default="runs/bench_train", help="scratch folder (data, direction, runs)")
     ap.add_argument("--json", default=None, help="write the results here")
     ap.add_argument("--memory-worker", default=None, help=argparse.SUPPRESS)
@@ -292,8 +305,15 @@ def main() -> None:
         return {"name": name, "model": args.model, "config": cfg, "threads": args.threads}
 
     load = os.getloadavg()[0]
-    timing = interleaved({name: spec(name, f"time_{name}") for name in methods})
     memory = {}
+    if args.memory_only:
+        for name in methods:
+            memory[name] = run_child(spec(name, f"mem_{name}", max_steps=max(args.memory_steps, 1)))["peak_mib"]
+            print(f"{name:14s} peak RSS {memory[name]:8.0f} MiB  x SFT {memory[name] / memory['sft']:.3f}", flush=True)
+        if args.json:
+            Path(args.json).write_text(json.dumps({"peak_mib": memory}, indent=2))
+        return
+    timing = interleaved({name: spec(name, f"time_{name}") for name in methods})
     for name in methods if args.memory_steps else []:
         memory[name] = run_child(spec(name, f"mem_{name}", max_steps=args.memory_steps))["peak_mib"]
 
@@ -316,6 +336,17 @@ def main() -> None:
     for r in rows.values():
         for key in ("step_s", "step_cpu_s", "run_s", "run_cpu_s", "peak_mib"):
             r[f"{key}_x_sft"] = r[key] / sft[key] if r[key] is not None and sft[key] else None
+    # Every method trains on the same batches in the same order (same seed, same data), and step
+    # i of each method runs right after step i of the others: the per-step ratio to SFT's step i
+    # cancels both the batch's size and the machine's momentary load. Its median is the step
+    # figure; the run figure is setup + SFT's steps scaled by it.
+    sft_steps = timing["sft"]["steps"]
+    for name, r in rows.items():
+        pairs = list(zip(timing[name]["steps"], sft_steps))[1:] or list(zip(timing[name]["steps"], sft_steps))
+        r["paired_step_x_sft"] = statistics.median(m[0] / s_[0] for m, s_ in pairs)
+        r["paired_step_cpu_x_sft"] = statistics.median(m[1] / s_[1] for m, s_ in pairs)
+        sft_total = sum(w for w, _, _ in sft_steps)
+        r["paired_run_x_sft"] = (r["setup_s"] + sft_total * r["paired_step_x_sft"]) / sft_total
 
     n = sft["n_steps"]
     print(f"\nembedded model {args.model}: {args.samples} samples x ~{args.seq_len} tokens, batch {args.batch_size}, "
@@ -330,6 +361,9 @@ def main() -> None:
               f"{r['run_cpu_s']:8.1f} {r['run_cpu_s_x_sft']:6.3f} {r['setup_s']:8.1f} "
               f"{fmt(r['peak_mib'], '9.0f')} {fmt(r['peak_mib_x_sft'], '6.3f')}")
     print("run = setup (ProCon cached: its anchor pass) + every step; step = median step without the first")
+    print("paired (same batch, consecutive): " + "; ".join(
+        f"{name} step x{r['paired_step_x_sft']:.3f} (CPU x{r['paired_step_cpu_x_sft']:.3f}), run x{r['paired_run_x_sft']:.3f}"
+        for name, r in rows.items() if name != "sft"))
     print(f"direction extraction (128 + 128 prompts, once, loaded by every ProCon run): {extraction_s:.1f} s")
     if args.json:
         Path(args.json).write_text(json.dumps({"args": vars(args), "load_average": load, "rows": rows,
