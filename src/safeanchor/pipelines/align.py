@@ -47,7 +47,7 @@ log = logging.getLogger(__name__)
 ALIGNMENT_FILE = "alignment.json"
 STAGE_DIR = "alignment"
 DEFAULT_BASE = "embedded:smollm2-135m-instruct"
-ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+ATTENTION_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj")
 EVAL_SPLITS = ("train", "val", "test")
 
 
@@ -78,7 +78,7 @@ class AlignConfig:
     lora_r: int = field(default=16, metadata={"help": "LoRA rank of the alignment adapter"})
     lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha"})
     lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout"})
-    lora_targets: tuple[str, ...] = field(default=("q_proj", "k_proj", "v_proj", "o_proj"),
+    lora_targets: tuple[str, ...] = field(default=ATTENTION_PROJECTIONS,
                                           metadata={"help": "modules the alignment adapter trains"})
     eval_splits: tuple[str, ...] = field(default=("test",),
                                          metadata={"help": "bundled splits measured at the end: train, val, test"})
