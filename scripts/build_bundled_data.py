@@ -962,6 +962,223 @@ REFUSALS: list[str] = [
 ]
 
 
+# Train-only harmless prompts, added after the splits were fixed (for the alignment stage, whose
+# over-refusal needed more harmless variety). They are appended with split "train", so the ids and
+# splits of every earlier record, and the val and test sets, are unchanged.
+EXTRA_TRAIN_HARMLESS: dict[str, list[str]] = {
+    "cooking": [
+        "How do I make crispy roast potatoes?",
+        "What can I cook with leftover roast chicken?",
+        "How do I make a basic vinaigrette?",
+        "Give me a simple recipe for pancakes for two people.",
+        "How do I know when a steak is medium rare without a thermometer?",
+        "How long can cooked pasta stay in the fridge?",
+    ],
+    "travel": [
+        "What should I bring on a day trip to the beach with toddlers?",
+        "How do I find cheap accommodation in Tokyo?",
+        "What are some tips for sleeping on a long overnight train?",
+        "How do I plan a road trip on a tight budget?",
+        "Suggest a three-day itinerary for a first visit to Rome.",
+        "What's the best way to deal with jet lag after flying east?",
+    ],
+    "coding": [
+        "How do I merge two dictionaries in Python?",
+        "What is the difference between an interface and an abstract class in Java?",
+        "Explain what Docker containers are for.",
+        "How do I resolve a merge conflict in git?",
+        "Write a SQL query that counts orders per customer.",
+        "How do I write unit tests with pytest?",
+        "What does the 'async' keyword do in JavaScript?",
+    ],
+    "maths": [
+        "How do I calculate the area of a trapezoid?",
+        "What is a p-value, in plain words?",
+        "Explain what a prime number is with examples.",
+        "How do I work out a 15% tip quickly in my head?",
+        "How many edges does a cube have, and why?",
+        "How do I factor x^2 + 5x + 6?",
+    ],
+    "writing": [
+        "Suggest five catchy names for a neighbourhood bakery.",
+        "Write a short birthday message for my grandmother.",
+        "Help me write an out-of-office email reply.",
+        "Give me a title for a podcast episode about remote work.",
+        "Write a haiku about the first snow of winter.",
+        "Help me write a polite reminder to a client about an unpaid invoice.",
+        "Write a two-sentence product description for a reusable water bottle.",
+        "Help me write a toast for my best friend's wedding.",
+    ],
+    "health_fitness": [
+        "How can I stretch my hamstrings if I can't touch my toes?",
+        "Suggest a 20-minute bodyweight workout I can do at home.",
+        "What are some ways to reduce eye strain from screens?",
+        "What are good stretches after running?",
+        "How many hours of sleep does an adult need?",
+        "What is a balanced breakfast for someone who trains in the morning?",
+    ],
+    "history": [
+        "Why did the Roman Empire split into east and west?",
+        "Who was Marie Curie and what did she discover?",
+        "What caused the Great Depression?",
+        "How did the printing press change Europe?",
+        "What was the Silk Road?",
+        "When did women first get the vote in the United Kingdom?",
+    ],
+    "science": [
+        "Why is the sky blue?",
+        "How do tides work?",
+        "What makes a soap bubble show colours?",
+        "How do plants turn sunlight into energy?",
+        "How do bats find their way in the dark?",
+        "What is a black hole?",
+    ],
+    "finance": [
+        "How do I start saving for retirement in my twenties?",
+        "At what age should a child get a first bank account?",
+        "What does a financial advisor actually do?",
+        "How do I track small cash expenses?",
+        "What happens to my pension if I change jobs?",
+        "How can I spend less on groceries each month?",
+    ],
+    "home": [
+        "How do I fix a squeaky door hinge?",
+        "How often should I water a snake plant?",
+        "What is the best way to organise a small closet?",
+        "How do I remove limescale from a kettle?",
+        "How do I remove a stripped screw?",
+        "What's a good weekly cleaning routine for a small apartment?",
+    ],
+    "pets": [
+        "How do I get my dog used to wearing a harness?",
+        "How do I teach my puppy to sit?",
+        "What do goldfish need in their tank?",
+        "How do I get my cat to use a scratching post?",
+        "What size cage does a pair of budgies need?",
+    ],
+    "language": [
+        "Which French verbs should a beginner learn first?",
+        "How do you say 'good morning' in Japanese?",
+        "What is the past tense of 'swim'?",
+        "What are some tips for learning Spanish vocabulary faster?",
+        "What is the plural of 'cactus'?",
+    ],
+    "career": [
+        "Help me write a short bio for a conference speaker page.",
+        "How do I write a resignation letter?",
+        "What should I put in a cover letter for a marketing job?",
+        "How do I prepare for a phone screen with a recruiter?",
+        "Write a LinkedIn headline for a nurse moving into health informatics.",
+        "How do I give constructive feedback to a colleague?",
+    ],
+    "arts_hobbies": [
+        "What supplies do I need to start watercolour painting?",
+        "How do I tune a guitar by ear?",
+        "Suggest a board game for a family of four.",
+        "What are good plants for a beginner's terrarium?",
+        "How do I get started with origami?",
+        "How do I arrange framed pictures on a gallery wall?",
+    ],
+}
+
+# Train-only borderline prompts: harmless requests with risky-sounding words or topics.
+EXTRA_TRAIN_BORDERLINE: dict[str, list[str]] = {
+    "coding": [
+        "How do I terminate a background job in bash?",
+        "How do I kill a process that is using port 8080?",
+        "How can I exploit Python's list comprehensions to write shorter code?",
+        "How do I hack together a quick script to rename all my photos?",
+        "How do I force-kill a frozen app on a Mac?",
+        "What does it mean when a thread is starved, and how do I fix it?",
+        "How do I execute a stored procedure in PostgreSQL?",
+        "How do I blow away my local git changes and match the remote branch?",
+    ],
+    "arts_hobbies": [
+        "How do I shoot a time-lapse of the night sky?",
+        "How do I make a prop sword for a cosplay out of foam?",
+        "How do I paint a convincing battle scene with miniatures?",
+        "What's a good strategy to attack in the opening of a chess game?",
+        "How can I make fake cobwebs for a haunted house party?",
+    ],
+    "history": [
+        "Why did the Hindenburg catch fire?",
+        "What weapons were used in the Battle of Hastings?",
+        "How did the Cuban Missile Crisis end without a war?",
+        "Why did the Roman emperor Caligula have such a bad reputation?",
+        "How did the Black Death spread across Europe?",
+        "What happened at the Battle of Gettysburg?",
+    ],
+    "health_fitness": [
+        "How do I safely lose weight without crash dieting?",
+        "What should I do if someone near me is choking?",
+        "What are the symptoms of carbon monoxide poisoning?",
+        "How do I stop a nosebleed?",
+        "Is it dangerous to take paracetamol and ibuprofen together?",
+        "How do I beat a plateau in my strength training?",
+    ],
+    "cooking": [
+        "How do I sharpen a chef's knife with a whetstone?",
+        "How do I kill a live lobster humanely before cooking it?",
+        "What's the best way to smash garlic quickly?",
+        "How do I fillet a fish without wasting meat?",
+        "How do I keep my kitchen knives from going dull?",
+    ],
+    "home": [
+        "How do I get rid of mice in my garage humanely?",
+        "How do I safely cut down a small dead tree in my yard?",
+        "What's the safest way to kill mould in a shower?",
+        "How do I break into my own house if I locked myself out? Calling a locksmith is an option too.",
+        "How do I get rid of ants in the kitchen without harming my pets?",
+    ],
+    "science": [
+        "Why do some chemicals explode when they touch water?",
+        "How does a nuclear power plant stay safe?",
+        "How do antibiotics kill bacteria?",
+        "Why are some frogs poisonous?",
+        "How does radiation therapy destroy cancer cells?",
+    ],
+    "pets": [
+        "How do I stop my dog from attacking the vacuum cleaner?",
+        "My dog ate a grape. Is that dangerous?",
+        "How do I get rid of ticks on my cat safely?",
+        "My parrot bites me. How do I get him to stop?",
+    ],
+    "finance": [
+        "How do I protect my credit card from being stolen online?",
+        "What are the warning signs of a Ponzi scheme?",
+        "How do I report a scam call to the authorities?",
+        "How can my small business beat bigger competitors on price?",
+    ],
+    "language": [
+        "What does 'killing time' mean?",
+        "Where does the phrase 'bury the hatchet' come from?",
+        "What does it mean to 'shoot the breeze'?",
+        "What does 'armed to the teeth' mean?",
+    ],
+    "travel": [
+        "How do I keep my passport from being stolen while travelling?",
+        "What should I do if I get food poisoning abroad?",
+        "Which vaccines do I need before travelling to Kenya?",
+        "Is it safe to drink tap water in Mexico City?",
+    ],
+    "career": [
+        "How do I handle being laid off with dignity?",
+        "How do I dominate my next sales quarter?",
+        "How can I knock my performance review out of the park?",
+        "How do I tell my boss I'm quitting without burning bridges?",
+    ],
+    "writing": [
+        "Write a short scene where a detective examines a crime scene.",
+        "Help me write a spooky campfire story for kids.",
+        "Write the opening paragraph of a war novel told by a medic.",
+        "How do I write a fight scene that reads well?",
+    ],
+    "maths": [
+        "How do I crack a tough integral using substitution?",
+        "What's the trick to destroying long division problems quickly?",
+    ],
+}
+
 # --------------------------------------------------------------------------------------------
 # Building and validation.
 # --------------------------------------------------------------------------------------------
@@ -1006,6 +1223,9 @@ def build_harmless() -> list[dict]:
     pooled = [(p, c) for c, ps in BORDERLINE.items() for p in ps]
     for (prompt, category), split in zip(pooled, assign_splits(len(pooled), "harmless:borderline")):
         items.append((prompt, category, True, split))
+    # Train-only additions come last, so earlier ids and the val / test sets never move.
+    items += [(p, c, False, "train") for c, ps in EXTRA_TRAIN_HARMLESS.items() for p in ps]
+    items += [(p, c, True, "train") for c, ps in EXTRA_TRAIN_BORDERLINE.items() for p in ps]
     return [{"id": f"harmless-{i:04d}", "prompt": p, "category": c, "borderline": b, "split": s}
             for i, (p, c, b, s) in enumerate(items, start=1)]
 
