@@ -65,7 +65,8 @@ def test_counts(harmful, harmless, refusals):
 
 def test_counts_match_the_script_lists(build_mod, harmful, harmless, refusals):
     assert len(harmful) == sum(map(len, build_mod.HARMFUL.values()))
-    assert len(harmless) == sum(map(len, build_mod.HARMLESS.values())) + sum(map(len, build_mod.BORDERLINE.values()))
+    assert len(harmless) == sum(len(v) for d in (build_mod.HARMLESS, build_mod.BORDERLINE, build_mod.EXTRA_TRAIN_HARMLESS,
+                                                  build_mod.EXTRA_TRAIN_BORDERLINE) for v in d.values())
     assert len(refusals) == len(build_mod.REFUSALS)
 
 
@@ -120,8 +121,22 @@ def test_every_category_in_every_split(which, harmful, harmless):
             assert (cat, split) in present, (cat, split)
 
 
-def test_split_proportions(harmful, harmless):
-    for recs in (harmful, harmless):
+def n_split_harmless(build_mod) -> int:
+    """Harmless records that take part in the stratified split (the train-only additions come after)."""
+    return sum(map(len, build_mod.HARMLESS.values())) + sum(map(len, build_mod.BORDERLINE.values()))
+
+
+def test_train_only_additions_come_last_and_stay_in_train(build_mod, harmless):
+    n = n_split_harmless(build_mod)
+    extra = harmless[n:]
+    assert len(extra) == sum(map(len, build_mod.EXTRA_TRAIN_HARMLESS.values())) + sum(
+        map(len, build_mod.EXTRA_TRAIN_BORDERLINE.values()))
+    assert extra and all(r["split"] == "train" for r in extra)
+    assert sum(r["borderline"] for r in extra) == sum(map(len, build_mod.EXTRA_TRAIN_BORDERLINE.values()))
+
+
+def test_split_proportions(build_mod, harmful, harmless):
+    for recs in (harmful, harmless[:n_split_harmless(build_mod)]):
         frac = {s: c / len(recs) for s, c in Counter(r["split"] for r in recs).items()}
         assert 0.55 <= frac["train"] <= 0.65
         assert 0.12 <= frac["val"] <= 0.18
