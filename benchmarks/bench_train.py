@@ -15,7 +15,10 @@ default precision (CPU: fp32).
   extracted once beforehand and loaded from its artifact, as the pipelines do; its extraction
   time is reported separately.
 * peak memory: each method again in its own process for ``--memory-steps`` steps: peak RSS (CPU)
-  or ``max_memory_allocated`` (CUDA).
+  or ``max_memory_allocated`` (CUDA), ``--memory-repeats`` times, methods interleaved; the
+  figure is the median per method (the spread is printed: CPU peak RSS varies by a few percent
+  from one identical run to the next, with the allocator's caching). The peak right after the
+  regularizer setup (ProCon: the anchor pass) is reported separately.
 * AsFT needs an aligned/unaligned pair; its cost does not depend on the weights, so a synthetic
   "unaligned" checkpoint (the model with noise on the LoRA target weights) stands in.
 
@@ -219,12 +222,25 @@ def memory_worker(spec: dict) -> dict:
 
     if spec.get("threads"):
         torch.set_num_threads(spec["threads"])
+    from safeanchor.train.trainer import SafeTrainer
+
+    def peak_now() -> float:
+        return torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else _peak_rss_mib(resource)
+
     model, tok = load_model(spec["model"])
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
+    setup_peak = {}
+    orig_setup = SafeTrainer.setup_regularizers
+
+    def setup(self, *a, **kw):
+        out = orig_setup(self, *a, **kw)
+        setup_peak.setdefault("mib", peak_now())  # peak up to the end of the setup (ProCon: anchor pass)
+        return out
+
+    SafeTrainer.setup_regularizers = setup
     train(config_from_dict(spec["config"], where=spec["name"]), model, tok)
-    peak = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else _peak_rss_mib(resource)
-    return {"name": spec["name"], "peak_mib": peak}
+    return {"name": spec["name"], "peak_mib": peak_now(), "setup_peak_mib": setup_peak.get("mib")}
 
 
 def _peak_rss_mib(resource) -> float:
@@ -263,6 +279,7 @@ def main() -> None:
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--memory-steps", type=int, default=2, help="steps per peak-memory run (0 = skip)")
+    ap.add_argument("--memory-repeats", type=int, default=3, help="peak-memory runs per method (median reported)")
     ap.add_argument("--memory-only", action="store_true", help="only the peak-memory runs (insensitive to load)")
     ap.add_argument("--out", default="runs/bench_train", help="scratch folder (data, direction, runs)")
     ap.add_argument("--json", default=None, help="write the results here")
@@ -305,17 +322,37 @@ def main() -> None:
         return {"name": name, "model": args.model, "config": cfg, "threads": args.threads}
 
     load = os.getloadavg()[0]
-    memory = {}
+
+    def measure_memory() -> dict[str, dict]:
+        runs: dict[str, list[dict]] = {name: [] for name in methods}
+        for _ in range(max(args.memory_repeats, 1)):
+            for name in methods:  # interleaved, so drift in the machine's state hits all alike
+                runs[name].append(run_child(spec(name, f"mem_{name}", max_steps=max(args.memory_steps, 1))))
+        out = {}
+        for name, rs in runs.items():
+            peaks = [r["peak_mib"] for r in rs]
+            setups = [r["setup_peak_mib"] for r in rs if r.get("setup_peak_mib") is not None]
+            out[name] = {"peak_mib": statistics.median(peaks), "peak_min_mib": min(peaks), "peak_max_mib": max(peaks),
+                         "setup_peak_mib": statistics.median(setups) if setups else None, "runs": peaks}
+        return out
+
+    def print_memory(mem: dict[str, dict]) -> None:
+        what = "max_memory_allocated" if torch.cuda.is_available() else "peak RSS (VmHWM)"
+        print(f"peak memory, {what}, median of {max(args.memory_repeats, 1)} runs of {max(args.memory_steps, 1)} steps:")
+        for name, m in mem.items():
+            setup_peak = "-" if m["setup_peak_mib"] is None else f"{m['setup_peak_mib']:.0f}"
+            print(f"  {name:14s} {m['peak_mib']:7.0f} MiB  x SFT {m['peak_mib'] / mem['sft']['peak_mib']:.3f}  "
+                  f"(runs {', '.join(f'{p:.0f}' for p in m['runs'])}; peak after setup {setup_peak} MiB)", flush=True)
+
     if args.memory_only:
-        for name in methods:
-            memory[name] = run_child(spec(name, f"mem_{name}", max_steps=max(args.memory_steps, 1)))["peak_mib"]
-            print(f"{name:14s} peak RSS {memory[name]:8.0f} MiB  x SFT {memory[name] / memory['sft']:.3f}", flush=True)
+        mem = measure_memory()
+        print_memory(mem)
         if args.json:
-            Path(args.json).write_text(json.dumps({"peak_mib": memory}, indent=2))
+            Path(args.json).write_text(json.dumps({"args": vars(args), "memory": mem}, indent=2))
         return
     timing = interleaved({name: spec(name, f"time_{name}") for name in methods})
-    for name in methods if args.memory_steps else []:
-        memory[name] = run_child(spec(name, f"mem_{name}", max_steps=args.memory_steps))["peak_mib"]
+    mem = measure_memory() if args.memory_steps else {}
+    memory = {name: m["peak_mib"] for name, m in mem.items()}
 
     rows = {}
     for name in methods:
@@ -365,8 +402,10 @@ def main() -> None:
         f"{name} step x{r['paired_step_x_sft']:.3f} (CPU x{r['paired_step_cpu_x_sft']:.3f}), run x{r['paired_run_x_sft']:.3f}"
         for name, r in rows.items() if name != "sft"))
     print(f"direction extraction (128 + 128 prompts, once, loaded by every ProCon run): {extraction_s:.1f} s")
+    if mem:
+        print_memory(mem)
     if args.json:
-        Path(args.json).write_text(json.dumps({"args": vars(args), "load_average": load, "rows": rows,
+        Path(args.json).write_text(json.dumps({"args": vars(args), "load_average": load, "rows": rows, "memory": mem,
                                                "direction_extraction_s": extraction_s,
                                                "raw": {k: v["steps"] for k, v in timing.items()}}, indent=2))
 

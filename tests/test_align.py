@@ -18,7 +18,7 @@ from safeanchor.pipelines.align import (
     build_safe_model_atomic,
 )
 
-TINY_OPTS = dict(n_harmful=6, n_harmless=6, answer_max_new_tokens=8, eval_limit=3, eval_max_new_tokens=6,
+TINY_OPTS = dict(n_harmful=6, n_harmless=6, extra_harmful_source=None, answer_max_new_tokens=8, eval_limit=3, eval_max_new_tokens=6,
                  epochs=1.0, batch_size=4, learning_rate=1e-3, progress=False, device="cpu")
 
 
@@ -138,7 +138,7 @@ def test_cli_align(tiny_model_dir, tmp_path):
     out = tmp_path / "cli-safe"
     args = ["align", "--base", str(tiny_model_dir), "--out", str(out), "--n-harmful", "4", "--n-harmless", "4",
             "--epochs", "1", "--eval-split", "val", "--eval-limit", "2", "--answer-max-new-tokens", "6",
-            "--eval-max-new-tokens", "4"]
+            "--eval-max-new-tokens", "4", "--extra-harmful", "none"]
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 0, res.output
     saved = json.loads((out / ALIGNMENT_FILE).read_text())
@@ -199,3 +199,24 @@ def test_alignment_features_cut_harmless_answers_and_repeat_them(tiny_tokenizer)
     off = AlignConfig(harmless_response_tokens=None, harmless_repeat=1)
     feats, _, cut = alignment_features(tiny_tokenizer, records, off)
     assert len(feats) == 3 and cut == 0 and feats[1]["input_ids"] == whole[1].input_ids
+
+
+def test_extra_harmful_source_adds_refusal_records(tiny_model, tiny_tokenizer, tmp_path):
+    """Prompts without ids (like StrongREJECT's) get stable ids; every one is paired with a refusal."""
+    from safeanchor.data import write_jsonl
+    from safeanchor.methods.safety_data import load_refusals
+    from safeanchor.pipelines.align import build_training_records
+
+    extra = tmp_path / "more_harmful.jsonl"
+    write_jsonl(extra, [{"prompt": f"Explain how to do forbidden thing number {i}."} for i in range(3)])
+    cfg = AlignConfig(n_harmful=2, n_harmless=2, extra_harmful_source=f"file:{extra}", answer_max_new_tokens=4,
+                      progress=False, device="cpu")
+    records, counts = build_training_records(tiny_model, tiny_tokenizer, cfg)
+    harmful = [r for r in records if r.meta["kind"] == "harmful"]
+    assert counts["harmful"] == 5 and counts["harmful_extra"] == 3 and len(harmful) == 5
+    added = [r for r in harmful if r.meta.get("source") == "file"]
+    assert sorted(r.id for r in added) == ["file-0000", "file-0001", "file-0002"]
+    assert {r.prompt for r in added} == {f"Explain how to do forbidden thing number {i}." for i in range(3)}
+    refusals = set(load_refusals())
+    assert all(r.response in refusals for r in harmful)
+    assert AlignConfig(extra_harmful_source="").extra_harmful_source is None

@@ -72,6 +72,52 @@ def test_atomic_build_leaves_nothing_on_crash(tmp_path):
     assert models.is_built(target)
 
 
+def test_stale_embedded_build_is_rebuilt_atomically(tmp_path, monkeypatch):
+    """A cached build whose recipe is not current is replaced (after the new build succeeded);
+    a current one is reused; a failed rebuild keeps the old folder."""
+    monkeypatch.setenv("SAFEANCHOR_CACHE", str(tmp_path))
+    calls = []
+
+    def build(d):
+        calls.append(d)
+        (d / "config.json").write_text("{}")
+        (d / "model.safetensors").write_bytes(b"new")
+        (d / "recipe.txt").write_text("v2")
+
+    def current(path):
+        return (path / "recipe.txt").is_file() and (path / "recipe.txt").read_text() == "v2"
+
+    monkeypatch.setitem(models.EMBEDDED, "fake", models.EmbeddedModel("fake", "test", build, current))
+    target = models.embedded_dir("fake")
+    target.mkdir(parents=True)
+    (target / "config.json").write_text("{}")
+    (target / "model.safetensors").write_bytes(b"old")  # built, but by the old recipe (no recipe.txt)
+
+    def crash(d):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setitem(models.EMBEDDED, "fake", models.EmbeddedModel("fake", "test", crash, current))
+    with pytest.raises(RuntimeError, match="disk full"):
+        models.ensure_embedded("fake")
+    assert (target / "model.safetensors").read_bytes() == b"old"  # nothing lost
+    monkeypatch.setitem(models.EMBEDDED, "fake", models.EmbeddedModel("fake", "test", build, current))
+    assert models.ensure_embedded("fake") == target
+    assert (target / "model.safetensors").read_bytes() == b"new" and len(calls) == 1
+    assert sorted(p.name for p in target.parent.iterdir()) == ["fake"]  # no .tmp-/.old- left over
+    models.ensure_embedded("fake")
+    assert len(calls) == 1  # current: reused
+
+
+def test_safe_recipe_marker(tmp_path):
+    from safeanchor.pipelines.align import ALIGNMENT_FILE, RECIPE
+
+    assert not models._safe_recipe_is_current(tmp_path)  # no alignment.json: an old or foreign build
+    (tmp_path / ALIGNMENT_FILE).write_text('{"recipe": "align-1"}')
+    assert not models._safe_recipe_is_current(tmp_path)
+    (tmp_path / ALIGNMENT_FILE).write_text(f'{{"recipe": "{RECIPE}"}}')
+    assert models._safe_recipe_is_current(tmp_path)
+
+
 def test_unknown_embedded_name():
     with pytest.raises(ValueError, match="unknown embedded model 'nope'; available: smollm2-135m-instruct"):
         models.resolve_model_path("embedded:nope")

@@ -272,6 +272,24 @@ def test_zero_penalty_guard_quiet_when_inactive_or_disabled(tmp_path, tiny_token
     assert all(row["loss"] == pytest.approx(row["ce"] + 0.5) for row in trainer.step_log)
 
 
+def test_dominant_penalty_warns_once(tmp_path, tiny_tokenizer, data, caplog):
+    trainer = _trainer(tmp_path, tiny_tokenizer, data, ConstantPenalty(500.0), Schedule("constant", alpha=1.0))
+    trainer.dominance_steps = 3
+    with caplog.at_level("WARNING", logger="safeanchor.train.trainer"):
+        trainer.train()
+    warnings = [r for r in caplog.records if "hardly steers" in r.getMessage()]
+    assert len(warnings) == 1 and "const: coefficient x penalty is" in warnings[0].getMessage()
+    ratio = trainer.reports["const"]["dominance_ratio"]
+    assert ratio == pytest.approx(500.0 / trainer.step_log[2]["ce"], rel=0.5) and ratio > 10
+    caplog.clear()
+    trainer = _trainer(tmp_path, tiny_tokenizer, data, ConstantPenalty(0.25), Schedule("constant", alpha=1.0))
+    trainer.dominance_steps = 3
+    with caplog.at_level("WARNING", logger="safeanchor.train.trainer"):
+        trainer.train()
+    assert not [r for r in caplog.records if "hardly steers" in r.getMessage()]
+    assert "dominance_ratio" not in trainer.reports.get("const", {})
+
+
 # ---------------------------------------------------------------------------------------------
 # Checkpoint / resume
 # ---------------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata
+import json
 import logging
 import os
 import shutil
@@ -74,11 +75,22 @@ def _build_smollm2_safe(target: Path) -> None:
     build_safe_model(base="embedded:smollm2-135m-instruct", out_dir=target)
 
 
+def _safe_recipe_is_current(path: Path) -> bool:
+    from .pipelines.align import ALIGNMENT_FILE, RECIPE
+
+    try:
+        return json.loads((path / ALIGNMENT_FILE).read_text(encoding="utf-8")).get("recipe") == RECIPE
+    except (OSError, ValueError):
+        return False
+
+
 @dataclass(frozen=True)
 class EmbeddedModel:
     name: str
     description: str
     build: Callable[[Path], None]  # writes a complete HF folder into the given (temporary) dir
+    # False for a cached build made by an older recipe: it is rebuilt (None: every build is current)
+    is_current: Callable[[Path], bool] | None = None
 
 
 EMBEDDED: dict[str, EmbeddedModel] = {
@@ -93,6 +105,7 @@ EMBEDDED: dict[str, EmbeddedModel] = {
             "smollm2-135m-safe",
             "SmolLM2-135M-Instruct after safeanchor's safety-alignment stage",
             _build_smollm2_safe,
+            _safe_recipe_is_current,
         ),
     )
 }
@@ -113,26 +126,37 @@ def ensure_embedded(name: str) -> Path:
         raise ValueError(
             f"unknown embedded model {name!r}; available: {', '.join(EMBEDDED)}"
         )
+    spec = EMBEDDED[name]
     target = embedded_dir(name)
+    stale = False
     if is_built(target):
-        return target
+        if spec.is_current is None or spec.is_current(target):
+            return target
+        stale = True
+        log.warning("embedded:%s in %s was built by an older recipe of this safeanchor version; rebuilding it "
+                    "(one time)", name, target)
     target.parent.mkdir(parents=True, exist_ok=True)
     log.info("building embedded model %s into %s (one time)", name, target)
-    atomic_build_dir(target, EMBEDDED[name].build)
+    atomic_build_dir(target, spec.build, replace=stale)
     return target
 
 
-def atomic_build_dir(target: Path, build: Callable[[Path], None]) -> None:
+def atomic_build_dir(target: Path, build: Callable[[Path], None], *, replace: bool = False) -> None:
     """Run ``build(tmp)`` into a sibling temp dir, then rename it to ``target``.
 
     A crash leaves only a ``.tmp-*`` folder, never a half-written ``target``; a concurrent
-    builder that finished first wins and our copy is discarded.
+    builder that finished first wins and our copy is discarded. ``replace``: an existing
+    ``target`` (a stale build) is swapped out only after the new build succeeded.
     """
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{target.name}-", dir=target.parent))
+    old: Path | None = None
     try:
         build(tmp)
         if not is_built(tmp):
             raise RuntimeError(f"building {target.name} produced no model files")
+        if replace and target.exists():
+            old = target.parent / f".old-{target.name}-{os.getpid()}"
+            os.rename(target, old)
         try:
             os.rename(tmp, target)
         except OSError:
@@ -141,6 +165,8 @@ def atomic_build_dir(target: Path, build: Callable[[Path], None]) -> None:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def convert_gguf(gguf_file: Path, out_dir: Path) -> None:

@@ -45,6 +45,9 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 ALIGNMENT_FILE = "alignment.json"
+# The recipe's version, stored in alignment.json: a cached embedded:smollm2-135m-safe built by an
+# older recipe is rebuilt on first use (models.ensure_embedded). Bump it when the defaults change.
+RECIPE = "align-2"
 STAGE_DIR = "alignment"
 DEFAULT_BASE = "embedded:smollm2-135m-instruct"
 ATTENTION_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj")
@@ -57,6 +60,9 @@ class AlignConfig:
 
     harmful_source: str = field(default="bundled:harmful:train",
                                 metadata={"help": "prompts the aligned model must refuse"})
+    extra_harmful_source: str | None = field(default="strongreject", metadata={
+        "help": "more prompts to refuse, added to harmful_source (default: the 313 StrongREJECT prompts; "
+                "HarmBench stays unseen for evaluation); None = none"})
     harmless_source: str = field(default="bundled:harmless:train",
                                  metadata={"help": "prompts it must keep answering (answers: the base model's own)"})
     refusals_source: str = field(default="bundled:refusals",
@@ -108,6 +114,8 @@ class AlignConfig:
             raise ValueError(f"align.warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
         if not 0 <= self.lora_dropout < 1:
             raise ValueError(f"align.lora_dropout must be in [0, 1), got {self.lora_dropout}")
+        if self.extra_harmful_source is not None and not str(self.extra_harmful_source).strip():
+            self.extra_harmful_source = None
         self.lora_targets = tuple(self.lora_targets)
         if not self.lora_targets:
             raise ValueError("align.lora_targets must name at least one module, e.g. q_proj v_proj")
@@ -153,6 +161,15 @@ def build_training_records(model, tokenizer, cfg: AlignConfig) -> tuple[list, di
     records = [Record(r.prompt, r.response, system=r.system, id=r.meta["harmful_id"],
                       meta={"kind": "harmful", "category": r.meta.get("category")})
                for r in pair_safety_samples(harmful, refusals, len(harmful), seed=cfg.seed)]
+    n_extra = 0
+    if cfg.extra_harmful_source:
+        name = cfg.extra_harmful_source.split(":")[0]
+        extra = [Record(r.prompt, system=r.system, id=r.id or f"{name}-{i:04d}", meta=r.meta)
+                 for i, r in enumerate(load_source(cfg.extra_harmful_source))]
+        n_extra = len(extra)
+        records += [Record(r.prompt, r.response, system=r.system, id=r.meta["harmful_id"],
+                           meta={"kind": "harmful", "category": r.meta.get("category"), "source": name})
+                    for r in pair_safety_samples(extra, refusals, n_extra, seed=cfg.seed + 1)]
 
     answers = generate(model, tokenizer, harmless, max_new_tokens=cfg.answer_max_new_tokens,
                        batch_size=cfg.generate_batch_size, progress=cfg.progress, desc="base answers")
@@ -170,7 +187,8 @@ def build_training_records(model, tokenizer, cfg: AlignConfig) -> tuple[list, di
                               meta={"kind": "harmless", "category": rec.meta.get("category"),
                                     "borderline": bool(rec.meta.get("borderline"))}))
     counts = {
-        "harmful": len(harmful),
+        "harmful": len(harmful) + n_extra,
+        "harmful_extra": n_extra,
         "harmless": len(harmless) - dropped,
         "harmless_borderline": sum(1 for r in records if r.meta.get("borderline")),
         "harmless_dropped_empty_or_refusal": dropped,
@@ -374,11 +392,13 @@ def build_safe_model(base: str = DEFAULT_BASE, out_dir: str | Path = "runs/safe-
 
     info = {
         "stage": "alignment",
+        "recipe": RECIPE,
         "base_model": base,
         "base_fingerprint": base_fp,
         "aligned_fingerprint": model_fingerprint(merged),
         "config": asdict(cfg),
-        "data": {"harmful_source": cfg.harmful_source, "harmless_source": cfg.harmless_source,
+        "data": {"harmful_source": cfg.harmful_source, "extra_harmful_source": cfg.extra_harmful_source,
+                 "harmless_source": cfg.harmless_source,
                  "refusals_source": cfg.refusals_source, **counts},
         "train": train_log,
         "eval": rates,

@@ -23,6 +23,8 @@ def align(
     lr: Optional[float] = typer.Option(None, help="learning rate (default: AlignConfig)"),
     n_harmful: Optional[int] = typer.Option(None, help="harmful -> refusal examples (default: all train)"),
     n_harmless: Optional[int] = typer.Option(None, help="harmless -> own-answer examples (default: all train)"),
+    extra_harmful: Optional[str] = typer.Option(None, help="more prompts to refuse, e.g. strongreject (the default) "
+                                                           "or file:x.jsonl; 'none' = only the bundled train prompts"),
     lora_r: Optional[int] = typer.Option(None, help="LoRA rank (default: AlignConfig)"),
     eval_split: Optional[list[str]] = typer.Option(None, help="splits to measure at the end (repeatable; default test)"),
     eval_limit: Optional[int] = typer.Option(None, help="at most N prompts per eval set (default: all)"),
@@ -46,6 +48,8 @@ def align(
                                   eval_limit=eval_limit, answer_max_new_tokens=answer_max_new_tokens,
                                   eval_max_new_tokens=eval_max_new_tokens).items()
             if v is not None}
+    if extra_harmful is not None:
+        opts["extra_harmful_source"] = None if extra_harmful.lower() in ("", "none") else extra_harmful
     try:
         info = build_safe_model_atomic(base, out, force=force, seed=seed, **opts)
     except (FileExistsError, ValueError) as e:

@@ -39,6 +39,11 @@ from .schedules import Schedule
 
 log = logging.getLogger(__name__)
 
+# A weighted penalty this many times the CE, as the median over the first DOMINANCE_STEPS steps
+# after step 0, gets a warning: the task loss then hardly steers the updates (BENCHMARKS.md:
+# ProCon_s at lr 2e-3 learned nothing of the task that way).
+DOMINANCE_RATIO = 10.0
+DOMINANCE_STEPS = 10
 REGULARIZER_STATE_FILE = "regularizers.safetensors"
 TRAINER_STATE_FILE = "safeanchor_state.json"
 
@@ -86,6 +91,7 @@ class SafeTrainer(Trainer):
         self.reports: dict[str, Any] = {}
         self.resuming_from: str | None = None
         self._setup_done = False
+        self.dominance_steps = DOMINANCE_STEPS
         self.add_callback(_StepRecorder(self))
         # HF prints a dict per log line (or a tqdm bar); the rich display replaces both, or nothing does.
         from transformers.trainer_callback import PrinterCallback, ProgressCallback
@@ -203,6 +209,22 @@ class SafeTrainer(Trainer):
         row.update({k: sum(v) / len(v) for k, v in self._step_acc.items()})
         self.step_log.append(row)
         self._step_acc.clear()
+        if row["step"] == self.dominance_steps:
+            self._warn_if_dominant()
+
+    def _warn_if_dominant(self) -> None:
+        """Warn once when a weighted penalty dwarfs the cross-entropy over steps 1..dominance_steps."""
+        rows = [r for r in self.step_log if 1 <= r["step"] <= self.dominance_steps and r.get("ce", 0) > 0]
+        for name in self.regularizers:
+            ratios = sorted(r.get(f"{name}/coef", 0.0) * r.get(f"{name}/raw", 0.0) / r["ce"] for r in rows)
+            if not ratios:
+                continue
+            median = ratios[len(ratios) // 2]
+            if median > DOMINANCE_RATIO:
+                self.reports.setdefault(name, {})["dominance_ratio"] = median
+                log.warning("%s: coefficient x penalty is %.0fx the cross-entropy (median of steps 1-%d): the task "
+                            "loss hardly steers the updates and the task may not be learned. Consider a smaller "
+                            "coefficient, a warm-up schedule, or a mean reduction.", name, median, self.dominance_steps)
 
     # ---- checkpoints ---------------------------------------------------------------------------
 
