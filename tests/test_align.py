@@ -43,7 +43,7 @@ def test_build_writes_merged_model_and_sidecar(built, tiny_model_dir):
     assert saved["data"]["harmful"] == 6
     assert saved["data"]["harmless"] + saved["data"]["harmless_dropped_empty_or_refusal"] == 6
     n_examples = saved["train"]["examples"]
-    assert n_examples == saved["data"]["harmful"] + 2 * saved["data"]["harmless"]  # harmless_repeat=2
+    assert n_examples == saved["data"]["harmful"] + saved["data"]["harmless"]  # harmless_repeat=1 (default)
     assert saved["train"]["steps"] == -(-n_examples // 4)  # one epoch of batches of 4
     assert saved["aligned_fingerprint"] != saved["base_fingerprint"]
     assert "safeanchor_version" in saved["provenance"]

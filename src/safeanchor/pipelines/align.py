@@ -13,17 +13,27 @@ A recipe in four numbered stages (artifacts under ``<out>/alignment/``, the mode
 
 ``embedded:smollm2-135m-safe`` is this stage applied to ``embedded:smollm2-135m-instruct`` with
 the defaults below, tuned on the train/val splits only (val refusal rates, harmful / harmless,
-keyword judge, 32 new tokens; LoRA r16 on q/k/v/o unless noted):
+keyword judge, 32 new tokens; LoRA r16 on q/k/v/o unless noted). Recipe ``align-1``, with the
+195 + 215 bundled train prompts:
 
 * all-linear, 2 epochs, lr 5e-4, batches grouped by length: 94% / 42% (the short refusals
   bunched at the end of each epoch; random mixed batches since);
 * 1 epoch, lr 1e-3, answers cut to 64 tokens: 92% / 32%;
 * the same with every harmless example twice: 88% / 18%;
 * 2 epochs, harmless twice, loss on the first 32 tokens of each harmless answer: 90% / 12%
-  (the default: 156 steps, 7 min on a 2-core CPU).
+  (on the test split: 86.8% / 17.9%, short of the goal of >= 90% / <= 10%).
+
+Recipe ``align-2`` (the default) adds data on both sides: the 313 StrongREJECT prompts as more
+prompts to refuse (HarmBench stays unseen, for evaluation), and 151 train-only harmless prompts
+(66 borderline) written for this stage:
+
+* + StrongREJECT only, 1 epoch: 94% / 24%;
+* + both, 1 epoch, harmless twice: 87% / 6%;
+* + both, 1.5 epochs, harmless once: 94% / 10% (the default: 164 steps).
 
 Over-refusal is the hard side on a 135M model: its refusals generalise to any request, and
-more harmless weight trades directly against harmful refusals.
+more harmless weight trades directly against harmful refusals; more varied data on both sides
+is what moved the trade-off.
 
 >>> # from safeanchor.pipelines.align import build_safe_model
 >>> # info = build_safe_model("embedded:smollm2-135m-instruct", "runs/safe-smollm2")
@@ -47,7 +57,7 @@ log = logging.getLogger(__name__)
 ALIGNMENT_FILE = "alignment.json"
 # The recipe's version, stored in alignment.json: a cached embedded:smollm2-135m-safe built by an
 # older recipe is rebuilt on first use (models.ensure_embedded). Bump it when the defaults change.
-RECIPE = "align-2"
+RECIPE = "align-2"  # align-1: bundled prompts only, 2 epochs, harmless x2 (test 86.8% / 17.9%)
 STAGE_DIR = "alignment"
 DEFAULT_BASE = "embedded:smollm2-135m-instruct"
 ATTENTION_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj")
@@ -69,14 +79,15 @@ class AlignConfig:
                                  metadata={"help": "refusal texts paired with the harmful prompts (bundled: or file:)"})
     n_harmful: int | None = field(default=None, metadata={"help": "use the first n harmful prompts; None = all"})
     n_harmless: int | None = field(default=None, metadata={"help": "use the first n harmless prompts; None = all"})
-    answer_max_new_tokens: int = field(default=48, metadata={"help": "length of the base model's harmless answers"})
+    answer_max_new_tokens: int = field(default=36, metadata={
+        "help": "length of the base model's harmless answers (only the first harmless_response_tokens are trained)"})
     harmless_response_tokens: int | None = field(default=32, metadata={
         "help": "train on only the first n tokens of each harmless answer (no end-of-turn label): whether "
                 "to help or refuse is decided in the first tokens, and the rest is the model's own text "
                 "anyway; None = the whole answer"})
-    harmless_repeat: int = field(default=2, metadata={
+    harmless_repeat: int = field(default=1, metadata={
         "help": "times each harmless example appears per epoch (over-refusal control)"})
-    epochs: float = field(default=2.0, metadata={"help": "passes over the mixed training set"})
+    epochs: float = field(default=1.5, metadata={"help": "passes over the mixed training set"})
     learning_rate: float = field(default=1e-3, metadata={"help": "AdamW peak learning rate (linear decay)"})
     warmup_ratio: float = field(default=0.05, metadata={"help": "share of steps with linear warm-up"})
     batch_size: int = field(default=8, metadata={"help": "examples per optimiser step"})
@@ -89,7 +100,7 @@ class AlignConfig:
     eval_splits: tuple[str, ...] = field(default=("test",),
                                          metadata={"help": "bundled splits measured at the end: train, val, test"})
     eval_limit: int | None = field(default=None, metadata={"help": "at most n prompts per eval set; None = all"})
-    eval_max_new_tokens: int = field(default=48, metadata={"help": "answer length judged for refusal"})
+    eval_max_new_tokens: int = field(default=32, metadata={"help": "answer length judged for refusal"})
     generate_batch_size: int = field(default=32, metadata={"help": "prompts per generation batch"})
     seed: int = field(default=0, metadata={"help": "seeds LoRA init, shuffling and dropout"})
     device: str | None = field(default=None, metadata={"help": "cuda / cpu; None = cuda if available"})

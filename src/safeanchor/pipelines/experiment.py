@@ -136,7 +136,7 @@ class ExperimentConfig:
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> "ExperimentConfig":
         presets: dict[str, dict[str, Any]] = {
-            "demo": {"task_eval_samples": 100},
+            "demo": {"train_samples": 160, "task_eval_samples": 80},
             "bench": {"methods": list(METHOD_NAMES), "scenarios": ["benign", "attack"], "train_samples": 160,
                       "task_eval_samples": 100},
             "quick": {"methods": ["start", "sft", "procon_wu_safe"], "scenarios": ["benign"],
@@ -244,7 +244,7 @@ def planned_runs(cfg: ExperimentConfig) -> list[Run]:
 # step of batch 8 on arithmetic_steps (~85 tokens), the fixed cost of a training run (model load,
 # ProCon anchor pass), one generated token of one prompt in a batch of 32, one drift measurement.
 # Only used for the estimate printed up front; other models/machines scale it.
-_EST = {"align": 570.0, "direction": 15.0, "attack_data": 40.0, "step": 3.25, "run_setup": 10.0,
+_EST = {"align": 690.0, "direction": 15.0, "attack_data": 40.0, "step": 3.25, "run_setup": 10.0,
         "procon_setup": 45.0, "gen_token": 0.0062, "eval_setup": 5.0, "drift": 17.0}
 
 
