@@ -361,9 +361,13 @@ def test_cli_train_from_yaml_with_set(tmp_path, tiny_model_dir, data):
 
 def test_drift_monitoring_during_training(tmp_path, tiny_tokenizer, data):
     res = run_tiny(tmp_path, tiny_tokenizer, data, method="procon", alpha=0.5, drift_every_steps=3,
-                   drift_harmful=data["harmful"], drift_harmless=data["harmless"], drift_samples=6)
+                   drift_harmful=data["harmful"], drift_harmless=data["harmless"], drift_samples=6,
+                   report_to="tensorboard")
     drift = [h for h in res.log_history if "drift/cos_mean" in h]
     assert [h["step"] for h in drift] == [0, 3, 6]
+    # TensorBoard: the drift event file sits in the trainer's own run folder, next to CE & co.
+    runs = {p.parent for p in (res.output_dir / "runs").rglob("events.out.tfevents*")}
+    assert len(runs) == 1 and len(list(next(iter(runs)).glob("events.out.tfevents*"))) == 2
     assert drift[0]["drift/cos_mean"] == pytest.approx(1.0)  # the original model against itself
     assert all(-1.0 <= h["drift/cos_min"] <= h["drift/cos_mean"] <= 1.0 + 1e-6 for h in drift)
     assert (res.output_dir / "drift_history.json").is_file()

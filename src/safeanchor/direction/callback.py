@@ -12,7 +12,8 @@ reference's 128 + 128 one; comparing with the reference artifact directly would 
 noise as drift, so that comparison is recorded once instead (``anchor_vs_reference``).
 
 Values go to ``state.log_history`` (the trainer's log and ``trainer_state.json``), to TensorBoard
-(its own event file under ``<output_dir>/runs/drift`` when ``report_to`` includes tensorboard)
+when ``report_to`` includes tensorboard (an event file in the trainer's own run folder when the
+trainer links its TensorBoard callback, as ``SafeTrainer`` does; else ``<output_dir>/runs/drift``)
 and to ``<output_dir>/drift_history.json``.
 
 >>> cb = DriftCallback("runs/direction", every_n_steps=50, n_prompts=32)  # doctest: +SKIP
@@ -85,6 +86,9 @@ class DriftCallback(TrainerCallback):
         self._prompts: tuple[list[Record], list[Record]] | None = None
         self._writer = None
         self._info: dict[str, Any] = {}
+        # the trainer's TensorBoardCallback, when there is one (SafeTrainer links it): drift values
+        # are then written into the same run folder, so TensorBoard shows them in the same run
+        self.tensorboard: TrainerCallback | None = None
 
     @classmethod
     def from_config(cls, config, model=None, tokenizer=None) -> "DriftCallback":
@@ -152,7 +156,8 @@ class DriftCallback(TrainerCallback):
         if state.is_world_process_zero and "tensorboard" in (args.report_to or []):
             from torch.utils.tensorboard import SummaryWriter
 
-            self._writer = SummaryWriter(log_dir=os.path.join(args.output_dir, "runs", "drift"))
+            run_dir = getattr(self.tensorboard, "logging_dir", None) or os.path.join(args.output_dir, "runs", "drift")
+            self._writer = SummaryWriter(log_dir=run_dir)
         self._record(args, state, self.measure(model, state.global_step))
 
     def on_step_end(self, args, state, control, model=None, **kwargs):

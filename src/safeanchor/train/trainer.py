@@ -134,7 +134,18 @@ class SafeTrainer(Trainer):
         elif resume_from_checkpoint is False:
             resume_from_checkpoint = None
         self.setup_regularizers(resume_from_checkpoint)
+        self._link_tensorboard()
         return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+
+    def _link_tensorboard(self) -> None:
+        """Point drift callbacks at the trainer's TensorBoard callback, so their values land in the
+        trainer's run rather than a separate one."""
+        from transformers.integrations import TensorBoardCallback
+
+        tb = next((cb for cb in self.callback_handler.callbacks if isinstance(cb, TensorBoardCallback)), None)
+        for cb in self.callback_handler.callbacks:
+            if hasattr(cb, "tensorboard") and cb.tensorboard is None:
+                cb.tensorboard = tb
 
     # ---- the loss ----------------------------------------------------------------------------
 
