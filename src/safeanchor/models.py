@@ -133,7 +133,7 @@ def ensure_embedded(name: str) -> Path:
         if spec.is_current is None or spec.is_current(target):
             return target
         stale = True
-        log.warning("embedded:%s in %s was built by an older recipe of this safeanchor version; rebuilding it "
+        log.warning("embedded:%s in %s was built by an older recipe than this safeanchor's; rebuilding it "
                     "(one time)", name, target)
     target.parent.mkdir(parents=True, exist_ok=True)
     log.info("building embedded model %s into %s (one time)", name, target)

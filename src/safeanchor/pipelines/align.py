@@ -33,8 +33,8 @@ prompts to refuse (HarmBench stays unseen, for evaluation), and 151 train-only h
   CPU; on the test split 89.0% / 19.0%: the val gain did not carry over, the goal is not met).
 
 Over-refusal is the hard side on a 135M model: its refusals generalise to any request, and
-more harmless weight trades directly against harmful refusals; more varied data on both sides
-is what moved the trade-off.
+more harmless weight trades directly against harmful refusals. More varied data on both sides
+moved the val figures but not the test ones: with 52 / 50 val prompts one prompt is 2 points.
 
 >>> # from safeanchor.pipelines.align import build_safe_model
 >>> # info = build_safe_model("embedded:smollm2-135m-instruct", "runs/safe-smollm2")
