@@ -17,8 +17,9 @@ default precision (CPU: fp32).
 * peak memory: each method again in its own process for ``--memory-steps`` steps: peak RSS (CPU)
   or ``max_memory_allocated`` (CUDA), ``--memory-repeats`` times, methods interleaved; the
   figure is the median per method (the spread is printed: CPU peak RSS varies by a few percent
-  from one identical run to the next, with the allocator's caching). The peak right after the
-  regularizer setup (ProCon: the anchor pass) is reported separately.
+  from one identical run to the next, with glibc's heap slack; ``--mmap-threshold 65536`` makes
+  large blocks go back to the OS on free, so the peak follows the live tensors). The peak right
+  after the regularizer setup (ProCon: the anchor pass) is reported separately.
 * AsFT needs an aligned/unaligned pair; its cost does not depend on the weights, so a synthetic
   "unaligned" checkpoint (the model with noise on the LoRA target weights) stands in.
 
@@ -256,8 +257,14 @@ def _peak_rss_mib(resource) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run_child(spec: dict) -> dict:
-    proc = subprocess.run([sys.executable, __file__, "--memory-worker", json.dumps(spec)], capture_output=True, text=True)
+def run_child(spec: dict, mmap_threshold: int | None = None) -> dict:
+    env = dict(os.environ)
+    if mmap_threshold:
+        # glibc serves allocations >= this size with mmap and unmaps them on free, so peak RSS
+        # follows the live tensors instead of whatever heap slack the allocation order left behind
+        env["MALLOC_MMAP_THRESHOLD_"] = str(mmap_threshold)
+    proc = subprocess.run([sys.executable, __file__, "--memory-worker", json.dumps(spec)], capture_output=True,
+                          text=True, env=env)
     if proc.returncode != 0:
         raise RuntimeError(f"{spec['name']} failed:\n{proc.stderr[-4000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -280,6 +287,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--memory-steps", type=int, default=2, help="steps per peak-memory run (0 = skip)")
     ap.add_argument("--memory-repeats", type=int, default=3, help="peak-memory runs per method (median reported)")
+    ap.add_argument("--mmap-threshold", type=int, default=None,
+                    help="CPU: MALLOC_MMAP_THRESHOLD_ for the memory runs (e.g. 65536), so peak RSS tracks live "
+                         "tensors rather than allocator slack; default: glibc's own (noisy)")
     ap.add_argument("--memory-only", action="store_true", help="only the peak-memory runs (insensitive to load)")
     ap.add_argument("--out", default="runs/bench_train", help="scratch folder (data, direction, runs)")
     ap.add_argument("--json", default=None, help="write the results here")
@@ -327,7 +337,11 @@ def main() -> None:
         runs: dict[str, list[dict]] = {name: [] for name in methods}
         for _ in range(max(args.memory_repeats, 1)):
             for name in methods:  # interleaved, so drift in the machine's state hits all alike
-                runs[name].append(run_child(spec(name, f"mem_{name}", max_steps=max(args.memory_steps, 1))))
+                runs[name].append(run_child(spec(name, f"mem_{name}", max_steps=max(args.memory_steps, 1)),
+                                            args.mmap_threshold))
+                r = runs[name][-1]
+                print(f"  run: {name:14s} peak {r['peak_mib']:.0f} MiB (after setup {r['setup_peak_mib'] or 0:.0f})",
+                      flush=True)
         out = {}
         for name, rs in runs.items():
             peaks = [r["peak_mib"] for r in rs]
@@ -338,7 +352,9 @@ def main() -> None:
 
     def print_memory(mem: dict[str, dict]) -> None:
         what = "max_memory_allocated" if torch.cuda.is_available() else "peak RSS (VmHWM)"
-        print(f"peak memory, {what}, median of {max(args.memory_repeats, 1)} runs of {max(args.memory_steps, 1)} steps:")
+        alloc = f", MALLOC_MMAP_THRESHOLD_={args.mmap_threshold}" if args.mmap_threshold else ""
+        print(f"peak memory, {what}{alloc}, median of {max(args.memory_repeats, 1)} runs of "
+              f"{max(args.memory_steps, 1)} steps:")
         for name, m in mem.items():
             setup_peak = "-" if m["setup_peak_mib"] is None else f"{m['setup_peak_mib']:.0f}"
             print(f"  {name:14s} {m['peak_mib']:7.0f} MiB  x SFT {m['peak_mib'] / mem['sft']['peak_mib']:.3f}  "
