@@ -169,19 +169,20 @@ def build_training_records(model, tokenizer, cfg: AlignConfig) -> tuple[list, di
     harmful = load_source(cfg.harmful_source, limit=cfg.n_harmful)
     harmless = load_source(cfg.harmless_source, limit=cfg.n_harmless)
     refusals = load_refusals(cfg.refusals_source)
-    # every harmful prompt exactly once (one shuffled round), each with a seeded refusal
-    records = [Record(r.prompt, r.response, system=r.system, id=r.meta["harmful_id"],
-                      meta={"kind": "harmful", "category": r.meta.get("category")})
-               for r in pair_safety_samples(harmful, refusals, len(harmful), seed=cfg.seed)]
+    def refusal_records(prompts: list, seed: int, **meta: Any) -> list:
+        # every harmful prompt exactly once (one shuffled round), each with a seeded refusal
+        return [Record(r.prompt, r.response, system=r.system, id=r.meta["harmful_id"],
+                       meta={"kind": "harmful", "category": r.meta.get("category"), **meta})
+                for r in pair_safety_samples(prompts, refusals, len(prompts), seed=seed)]
+
+    records = refusal_records(harmful, cfg.seed)
     n_extra = 0
     if cfg.extra_harmful_source:
         name = cfg.extra_harmful_source.split(":")[0]
         extra = [Record(r.prompt, system=r.system, id=r.id or f"{name}-{i:04d}", meta=r.meta)
                  for i, r in enumerate(load_source(cfg.extra_harmful_source))]
         n_extra = len(extra)
-        records += [Record(r.prompt, r.response, system=r.system, id=r.meta["harmful_id"],
-                           meta={"kind": "harmful", "category": r.meta.get("category"), "source": name})
-                    for r in pair_safety_samples(extra, refusals, n_extra, seed=cfg.seed + 1)]
+        records += refusal_records(extra, cfg.seed + 1, source=name)
 
     answers = generate(model, tokenizer, harmless, max_new_tokens=cfg.answer_max_new_tokens,
                        batch_size=cfg.generate_batch_size, progress=cfg.progress, desc="base answers")
