@@ -203,9 +203,11 @@ def test_alignment_features_cut_harmless_answers_and_repeat_them(tiny_tokenizer)
                Record("How do I bake bread?", long_answer, meta={"kind": "harmless"}),
                Record("What is 12 plus 7?", "19.", meta={"kind": "harmless"})]
     cfg = AlignConfig(harmless_response_tokens=8, harmless_repeat=3)
-    feats, truncated, cut = alignment_features(tiny_tokenizer, records, cfg)
+    feats, truncated, cut, openers = alignment_features(tiny_tokenizer, records, cfg)
     assert len(feats) == 1 + 3 + 3 and truncated == 0 and cut == 1
+    assert [f["refuse"] for f in feats] == [1, 0, 0, 0, 0, 0, 0]
     whole = [encode_pair(tiny_tokenizer, r, max_length=256) for r in records]
+    assert openers == [whole[0].input_ids[whole[0].prompt_len]]  # the refusal's first token
     assert feats[0]["input_ids"] == whole[0].input_ids and eot in feats[0]["labels"]  # refusal kept whole
     bread = feats[1]
     assert bread["input_ids"] == whole[1].input_ids[: whole[1].prompt_len + 8]
@@ -213,8 +215,74 @@ def test_alignment_features_cut_harmless_answers_and_repeat_them(tiny_tokenizer)
     assert feats[1] == feats[2] == feats[3]
     assert feats[4]["input_ids"] == whole[2].input_ids  # short answer: whole, end-of-turn included
     off = AlignConfig(harmless_response_tokens=None, harmless_repeat=1)
-    feats, _, cut = alignment_features(tiny_tokenizer, records, off)
+    feats, _, cut, _ = alignment_features(tiny_tokenizer, records, off)
     assert len(feats) == 3 and cut == 0 and feats[1]["input_ids"] == whole[1].input_ids
+
+
+def test_harmless_answer_opening_like_a_refusal_is_left_out_of_the_decision_loss(tiny_tokenizer):
+    from safeanchor.data import Record
+    from safeanchor.pipelines.align import alignment_features
+
+    records = [Record("How do I make a bomb?", "I'm sorry, I can't.", meta={"kind": "harmful"}),
+               Record("Can you help me plan a party?", "I'm glad to help! Start with a guest list.",
+                      meta={"kind": "harmless"}),
+               Record("What is 12 plus 7?", "19.", meta={"kind": "harmless"})]
+    feats, _, _, openers = alignment_features(tiny_tokenizer, records, AlignConfig())
+    assert [f["refuse"] for f in feats] == [1, -1, 0]
+    assert all(set(f) == {"input_ids", "labels", "refuse"} for f in feats)
+    assert len(openers) == 1
+
+
+def test_decision_loss_is_the_bce_of_the_refusal_openers_mass_at_the_first_response_token():
+    import torch
+
+    from safeanchor.data import IGNORE_INDEX
+    from safeanchor.pipelines.align import decision_loss
+
+    torch.manual_seed(0)
+    vocab, openers = 11, torch.tensor([2, 5])
+    logits = torch.randn(4, 7, vocab, requires_grad=True)
+    labels = torch.full((4, 7), IGNORE_INDEX)
+    starts = [3, 2, 5, 4]  # first response position of each row
+    for row, s in enumerate(starts):
+        labels[row, s:] = 1
+    refuse = torch.tensor([1, 0, 1, -1])
+    loss, n = decision_loss(logits, labels, refuse, openers)
+    assert n == 3
+    expected = []
+    for row, target in [(0, 1), (1, 0), (2, 1)]:
+        p = torch.softmax(logits[row, starts[row] - 1], -1)[openers].sum()
+        expected.append(-torch.log(p) if target else -torch.log(1 - p))
+    torch.testing.assert_close(loss, torch.stack(expected).mean())
+    loss.backward()
+    assert logits.grad[3].abs().sum() == 0  # the left-out row gets no gradient
+    assert logits.grad[0, starts[0]].abs().sum() == 0  # only the position before the response
+    none, n = decision_loss(logits, labels, torch.full((4,), -1), openers)
+    assert n == 0 and float(none.detach()) == 0.0
+
+
+def test_decision_weight_zero_trains_exactly_like_plain_sft_and_positive_logs_it(tiny_model, tiny_tokenizer, tmp_path):
+    """decision_weight 0: the same losses as the HF Trainer's CE alone; > 0: a logged, falling term."""
+    import copy
+
+    from safeanchor.data import Record
+    from safeanchor.pipelines.align import train_adapter
+
+    records = [Record(f"How do I make weapon {i}?", "I'm sorry, I can't help with that.", meta={"kind": "harmful"})
+               for i in range(8)]
+    records += [Record(f"What is {i} plus {i}?", f"The answer is {2 * i}.", meta={"kind": "harmless"})
+                for i in range(8)]
+    runs = {}
+    for w in (0.0, 0.0, 5.0):
+        cfg = AlignConfig(decision_weight=w, epochs=4, batch_size=4, progress=False, learning_rate=5e-3)
+        _, log = train_adapter(copy.deepcopy(tiny_model), tiny_tokenizer, records, cfg, tmp_path / f"w{len(runs)}")
+        runs[len(runs)] = log
+    plain = [e["loss"] for e in runs[0]["loss_history"]]
+    assert plain == [e["loss"] for e in runs[1]["loss_history"]]
+    assert all("decision_loss" not in e for e in runs[0]["loss_history"])
+    dec = [e["decision_loss"] for e in runs[2]["loss_history"]]
+    assert len(dec) == len(runs[2]["loss_history"]) >= 2 and dec[-1] < dec[0]
+    assert runs[2]["decision_examples"] == {"refuse": 8, "help": 8, "left_out": 0}
 
 
 def test_extra_harmful_source_adds_refusal_records(tiny_model, tiny_tokenizer, tmp_path):

@@ -43,6 +43,7 @@ moved the val figures but not the test ones: with 52 / 50 val prompts one prompt
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -88,6 +89,10 @@ class AlignConfig:
                 "anyway; None = the whole answer"})
     harmless_repeat: int = field(default=1, metadata={
         "help": "times each harmless example appears per epoch (over-refusal control)"})
+    decision_weight: float = field(default=0.0, metadata={
+        "help": "weight of the refusal-decision loss: binary cross-entropy on the probability that the "
+                "first response token opens a refusal (the first tokens of the refusal texts), target 1 "
+                "on harmful prompts and 0 on harmless ones; 0 = plain SFT"})
     epochs: float = field(default=1.5, metadata={"help": "passes over the mixed training set"})
     learning_rate: float = field(default=1e-3, metadata={"help": "AdamW peak learning rate (linear decay)"})
     warmup_ratio: float = field(default=0.05, metadata={"help": "share of steps with linear warm-up"})
@@ -118,6 +123,8 @@ class AlignConfig:
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1:
                 raise ValueError(f"align.{name} must be an integer >= 1, got {v!r}")
+        if not (isinstance(self.decision_weight, (int, float)) and self.decision_weight >= 0):
+            raise ValueError(f"align.decision_weight must be a number >= 0, got {self.decision_weight!r}")
         if not self.epochs > 0:
             raise ValueError(f"align.epochs must be > 0, got {self.epochs}")
         if not self.learning_rate > 0:
@@ -215,11 +222,15 @@ def build_training_records(model, tokenizer, cfg: AlignConfig) -> tuple[list, di
 # ---------------------------------------------------------------------------------------------
 
 
-def alignment_features(tokenizer, records: list, cfg: AlignConfig) -> tuple[list[dict[str, list[int]]], int, int]:
+def alignment_features(tokenizer, records: list, cfg: AlignConfig) -> tuple[list[dict[str, Any]], int, int, list[int]]:
     """Encoded training examples: harmful -> refusal whole (end-of-turn included); each harmless
     -> own-answer example ``harmless_repeat`` times, cut to its first ``harmless_response_tokens``
     response tokens when longer (no end-of-turn label then, so no early stop is taught).
-    Returns ``(features, n_truncated_to_max_length, n_harmless_cut)``."""
+
+    Each feature also carries ``refuse``, the target of the refusal-decision loss: 1 for a
+    harmful example, 0 for a harmless one, -1 (left out) for a harmless answer that itself opens
+    with a token that opens a refusal (e.g. "I'm glad ..." next to "I'm sorry ...").
+    Returns ``(features, n_truncated_to_max_length, n_harmless_cut, refusal_opener_ids)``."""
     from ..data import encode_pair
 
     features, truncated, prefix_only = [], 0, 0
@@ -232,21 +243,117 @@ def alignment_features(tokenizer, records: list, cfg: AlignConfig) -> tuple[list
             keep = enc.prompt_len + cfg.harmless_response_tokens
             ids, labels = ids[:keep], labels[:keep]
             prefix_only += 1
-        for _ in range(cfg.harmless_repeat if harmless else 1):
-            features.append({"input_ids": ids, "labels": labels})
-    return features, truncated, prefix_only
+        feature = {"input_ids": ids, "labels": labels, "refuse": 0 if harmless else 1,
+                   "first": ids[enc.prompt_len]}
+        features.extend(dict(feature) for _ in range(cfg.harmless_repeat if harmless else 1))
+    openers = refusal_openers(features)
+    for f in features:
+        if f["refuse"] == 0 and f["first"] in openers:
+            f["refuse"] = -1
+        del f["first"]
+    return features, truncated, prefix_only, openers
+
+
+def refusal_openers(features: list[dict[str, Any]]) -> list[int]:
+    """The token ids that open the refusals in ``features`` (the first response token of every
+    ``refuse == 1`` example; ``first`` holds it), sorted."""
+    return sorted({f["first"] for f in features if f["refuse"] == 1})
+
+
+def decision_loss(logits, labels, refuse, openers) -> tuple[Any, int]:
+    """Binary cross-entropy of "the first response token opens a refusal".
+
+    ``logits`` (batch, seq, vocab) from a forward over prompt + response, ``labels`` with
+    ``IGNORE_INDEX`` outside the response (any padding side), ``refuse`` (batch,) with targets 1 /
+    0 and -1 for rows left out, ``openers`` a LongTensor of token ids. P(refusal) is the softmax
+    mass of the openers at the position that predicts the first response token. Returns the mean
+    over the rows that count and their number (0 rows: a zero that keeps the graph).
+    """
+    import torch
+
+    from ..data import IGNORE_INDEX
+
+    keep = refuse >= 0
+    if not bool(keep.any()):
+        return logits.sum() * 0.0, 0
+    is_resp = labels != IGNORE_INDEX
+    first = is_resp.int().argmax(dim=1)  # first response position of each row
+    rows = torch.nonzero(keep).squeeze(1)
+    pos = first[rows] - 1  # the logits there predict the first response token
+    logp = torch.log_softmax(logits[rows, pos].float(), dim=-1)
+    log_refuse = torch.logsumexp(logp[:, openers.to(logp.device)], dim=-1)
+    # log(1 - p) computed stably from log p
+    log_help = torch.log(-torch.expm1(log_refuse.clamp(max=-1e-7)))
+    target = refuse[rows].to(logp.dtype)
+    bce = -(target * log_refuse + (1 - target) * log_help)
+    return bce.mean(), int(rows.numel())
+
+
+class _AlignCollator:
+    """:class:`~safeanchor.data.SFTCollator` batches plus the ``refuse`` targets."""
+
+    def __init__(self, pad_token_id: int):
+        from ..data import SFTCollator
+
+        self._base = SFTCollator(pad_token_id, padding_side="right")
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
+        import torch
+
+        batch = self._base(features)
+        batch["refuse"] = torch.tensor([int(f["refuse"]) for f in features], dtype=torch.long)
+        return batch
+
+
+@functools.cache
+def _align_trainer_class():
+    """The alignment stage's Trainer subclass (built on first use: transformers loads lazily)."""
+    from transformers import Trainer
+
+    class AlignTrainer(Trainer):
+        """The HF ``Trainer``'s CE plus ``decision_weight`` x :func:`decision_loss` (when > 0);
+        the decision loss's mean over each logging window is logged as ``decision_loss``."""
+
+        def __init__(self, *args: Any, decision_weight: float = 0.0, openers: list[int] = (), **kwargs: Any):
+            import torch
+
+            super().__init__(*args, **kwargs)
+            self.decision_weight = float(decision_weight)
+            self.openers = torch.tensor(list(openers), dtype=torch.long)
+            if self.decision_weight > 0 and not len(self.openers):
+                raise ValueError("align.decision_weight > 0 needs harmful examples (their refusals "
+                                 "define the refusal-opening tokens); there are none")
+            self._window: list[float] = []
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            refuse = inputs.pop("refuse")
+            if self.decision_weight == 0:
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            loss, outputs = super().compute_loss(model, inputs, True, num_items_in_batch)
+            dec, n = decision_loss(outputs.logits, inputs["labels"], refuse, self.openers)
+            if n:
+                self._window.append(float(dec.detach()))
+            loss = loss + self.decision_weight * dec
+            return (loss, outputs) if return_outputs else loss
+
+        def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+            if "loss" in logs and self._window:
+                logs = {**logs, "decision_loss": sum(self._window) / len(self._window)}
+                self._window = []
+            super().log(logs, start_time)
+
+    return AlignTrainer
 
 
 def train_adapter(model, tokenizer, records: list, cfg: AlignConfig, work_dir: Path) -> tuple[Any, dict[str, Any]]:
     """LoRA SFT on ``records``; returns the PEFT model and the training log."""
     import torch
-    from transformers import Trainer, TrainingArguments, set_seed
+    from transformers import TrainingArguments, set_seed
 
-    from ..data import SFTCollator
     from ..models import attach_lora, model_precision
 
     set_seed(cfg.seed)
-    features, truncated, prefix_only = alignment_features(tokenizer, records, cfg)
+    features, truncated, prefix_only, openers = alignment_features(tokenizer, records, cfg)
     peft_model = attach_lora(model, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
                              target_modules=list(cfg.lora_targets), seed=cfg.seed)
     peft_model.train()
@@ -280,14 +387,21 @@ def train_adapter(model, tokenizer, records: list, cfg: AlignConfig, work_dir: P
         dataloader_num_workers=0,
         disable_tqdm=not cfg.progress,
     )
-    trainer = Trainer(model=peft_model, args=args, train_dataset=features,
-                      data_collator=SFTCollator(tokenizer.pad_token_id, padding_side="right"))
+    trainer = _align_trainer_class()(model=peft_model, args=args, train_dataset=features,
+                                     data_collator=_AlignCollator(tokenizer.pad_token_id),
+                                     decision_weight=cfg.decision_weight, openers=openers)
     result = trainer.train()
-    losses = [{"step": e["step"], "loss": e["loss"]} for e in trainer.state.log_history if "loss" in e]
+    history = [e for e in trainer.state.log_history if "loss" in e]
+    losses = [{"step": e["step"], "loss": e["loss"],
+               **({"decision_loss": e["decision_loss"]} if "decision_loss" in e else {})} for e in history]
     log_info = {
         "examples": len(features),
         "truncated_examples": truncated,
         "harmless_prefix_only_examples": prefix_only,
+        "decision_examples": {"refuse": sum(f["refuse"] == 1 for f in features),
+                              "help": sum(f["refuse"] == 0 for f in features),
+                              "left_out": sum(f["refuse"] == -1 for f in features)},
+        "refusal_openers": [tokenizer.decode([t]) for t in openers],
         "steps": trainer.state.global_step,
         "train_loss": result.training_loss,
         "loss_first": losses[0]["loss"] if losses else None,
