@@ -138,11 +138,12 @@ def test_cli_align(tiny_model_dir, tmp_path):
     out = tmp_path / "cli-safe"
     args = ["align", "--base", str(tiny_model_dir), "--out", str(out), "--n-harmful", "4", "--n-harmless", "4",
             "--epochs", "1", "--eval-split", "val", "--eval-limit", "2", "--answer-max-new-tokens", "6",
-            "--eval-max-new-tokens", "4", "--extra-harmful", "none"]
+            "--eval-max-new-tokens", "4", "--extra-harmful", "none", "--decision-weight", "0.5"]
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 0, res.output
     saved = json.loads((out / ALIGNMENT_FILE).read_text())
     assert list(saved["eval"]) == ["val"] and saved["data"]["harmful"] == 4
+    assert saved["config"]["decision_weight"] == 0.5 and saved["recipe"] == align_mod.RECIPE
     assert "harmful refused" in res.output
     again = CliRunner().invoke(app, args)
     assert again.exit_code == 2 and "--force" in again.output
@@ -304,3 +305,5 @@ def test_extra_harmful_source_adds_refusal_records(tiny_model, tiny_tokenizer, t
     refusals = set(load_refusals())
     assert all(r.response in refusals for r in harmful)
     assert AlignConfig(extra_harmful_source="").extra_harmful_source is None
+    with pytest.raises(ValueError, match="decision_weight"):
+        AlignConfig(decision_weight=-1)

@@ -23,18 +23,28 @@ keyword judge, 32 new tokens; LoRA r16 on q/k/v/o unless noted). Recipe ``align-
 * 2 epochs, harmless twice, loss on the first 32 tokens of each harmless answer: 90% / 12%
   (on the test split: 86.8% / 17.9%, short of the goal of >= 90% / <= 10%).
 
-Recipe ``align-2`` (the default) adds data on both sides: the 313 StrongREJECT prompts as more
+Recipe ``align-2`` adds data on both sides: the 313 StrongREJECT prompts as more
 prompts to refuse (HarmBench stays unseen, for evaluation), and 151 train-only harmless prompts
 (66 borderline) written for this stage:
 
 * + StrongREJECT only, 1 epoch: 94% / 24%;
 * + both, 1 epoch, harmless twice: 87% / 6%;
-* + both, 1.5 epochs, harmless once: 94% / 10% (the default: 164 steps, 10.5 min on a 2-core
-  CPU; on the test split 89.0% / 19.0%: the val gain did not carry over, the goal is not met).
+* + both, 1.5 epochs, harmless once: 94% / 10% (164 steps, 10.5 min on a 2-core CPU; on the
+  test split 89.0% / 19.0%: the val gain did not carry over, the goal was not met).
 
 Over-refusal is the hard side on a 135M model: its refusals generalise to any request, and
-more harmless weight trades directly against harmful refusals. More varied data on both sides
-moved the val figures but not the test ones: with 52 / 50 val prompts one prompt is 2 points.
+more harmless weight trades directly against harmful refusals. The reason is in the first
+response token, where the decision is made: every refusal opens with one of six tokens ("I",
+"As", "Sorry", ...), so the harmful examples' CE concentrates the mass there, while the harmless
+answers open with hundreds of different tokens and their CE barely pushes that mass down.
+
+Recipe ``align-3`` (the default) is ``align-2`` plus the **refusal-decision loss**
+(``decision_weight``): a binary cross-entropy on the probability mass of those opening tokens at
+the first response position, target 1 on harmful prompts and 0 on harmless ones (harmless
+answers that themselves open with such a token are left out). It costs no extra forward pass.
+On val, with the same data and steps: weight 1: 94% / **0%** (AUC of that probability, harmful
+vs harmless, 0.994 against align-2's 0.974); weight 3: 94% / 2% (AUC 0.997). Weight 1 is the
+default.
 
 >>> # from safeanchor.pipelines.align import build_safe_model
 >>> # info = build_safe_model("embedded:smollm2-135m-instruct", "runs/safe-smollm2")
@@ -59,7 +69,8 @@ log = logging.getLogger(__name__)
 ALIGNMENT_FILE = "alignment.json"
 # The recipe's version, stored in alignment.json: a cached embedded:smollm2-135m-safe built by an
 # older recipe is rebuilt on first use (models.ensure_embedded). Bump it when the defaults change.
-RECIPE = "align-2"  # align-1: bundled prompts only, 2 epochs, harmless x2 (test 86.8% / 17.9%)
+RECIPE = "align-3"  # align-2: the same without the decision loss (test 89.0% / 19.0%);
+# align-1: bundled prompts only, 2 epochs, harmless x2 (test 86.8% / 17.9%)
 STAGE_DIR = "alignment"
 DEFAULT_BASE = "embedded:smollm2-135m-instruct"
 ATTENTION_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj")
@@ -89,7 +100,7 @@ class AlignConfig:
                 "anyway; None = the whole answer"})
     harmless_repeat: int = field(default=1, metadata={
         "help": "times each harmless example appears per epoch (over-refusal control)"})
-    decision_weight: float = field(default=0.0, metadata={
+    decision_weight: float = field(default=1.0, metadata={
         "help": "weight of the refusal-decision loss: binary cross-entropy on the probability that the "
                 "first response token opens a refusal (the first tokens of the refusal texts), target 1 "
                 "on harmful prompts and 0 on harmless ones; 0 = plain SFT"})

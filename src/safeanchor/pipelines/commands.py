@@ -25,6 +25,8 @@ def align(
     n_harmless: Optional[int] = typer.Option(None, help="harmless -> own-answer examples (default: all train)"),
     extra_harmful: Optional[str] = typer.Option(None, help="more prompts to refuse, e.g. strongreject (the default) "
                                                            "or file:x.jsonl; 'none' = only the bundled train prompts"),
+    decision_weight: Optional[float] = typer.Option(None, help="weight of the refusal-decision loss (default 1; "
+                                                               "0 = plain SFT, recipe align-2)"),
     lora_r: Optional[int] = typer.Option(None, help="LoRA rank (default: AlignConfig)"),
     eval_split: Optional[list[str]] = typer.Option(None, help="splits to measure at the end (repeatable; default test)"),
     eval_limit: Optional[int] = typer.Option(None, help="at most N prompts per eval set (default: all)"),
@@ -44,7 +46,7 @@ def align(
 
         out = embedded_dir(SAFE_EMBEDDED)
     opts = {k: v for k, v in dict(epochs=epochs, learning_rate=lr, n_harmful=n_harmful, n_harmless=n_harmless,
-                                  lora_r=lora_r, eval_splits=tuple(eval_split) if eval_split else None,
+                                  decision_weight=decision_weight, lora_r=lora_r, eval_splits=tuple(eval_split) if eval_split else None,
                                   eval_limit=eval_limit, answer_max_new_tokens=answer_max_new_tokens,
                                   eval_max_new_tokens=eval_max_new_tokens).items()
             if v is not None}
