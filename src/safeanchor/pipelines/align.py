@@ -266,8 +266,8 @@ def alignment_features(tokenizer, records: list, cfg: AlignConfig) -> tuple[list
 
 
 def refusal_openers(features: list[dict[str, Any]]) -> list[int]:
-    """The token ids that open the refusals in ``features`` (the first response token of every
-    ``refuse == 1`` example; ``first`` holds it), sorted."""
+    """The sorted token ids that open the refusals: the ``first`` response token of every
+    ``refuse == 1`` feature."""
     return sorted({f["first"] for f in features if f["refuse"] == 1})
 
 

@@ -46,7 +46,8 @@ def align(
 
         out = embedded_dir(SAFE_EMBEDDED)
     opts = {k: v for k, v in dict(epochs=epochs, learning_rate=lr, n_harmful=n_harmful, n_harmless=n_harmless,
-                                  decision_weight=decision_weight, lora_r=lora_r, eval_splits=tuple(eval_split) if eval_split else None,
+                                  decision_weight=decision_weight, lora_r=lora_r,
+                                  eval_splits=tuple(eval_split) if eval_split else None,
                                   eval_limit=eval_limit, answer_max_new_tokens=answer_max_new_tokens,
                                   eval_max_new_tokens=eval_max_new_tokens).items()
             if v is not None}
