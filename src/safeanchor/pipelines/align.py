@@ -6,7 +6,8 @@ A recipe in four numbered stages (artifacts under ``<out>/alignment/``, the mode
    harmless train prompts (borderline ones included, so the model does not learn to refuse
    "kill a process") answered by the base model itself (greedy), so helpful behaviour is
    kept rather than rewritten.
-2. ``train`` -- LoRA SFT on the mix (loss on response tokens only), seeded.
+2. ``train`` -- LoRA SFT on the mix (loss on response tokens only) plus the refusal-decision
+   loss on the first response token (below), seeded.
 3. ``merge`` -- ``merge_and_unload`` into a full model, saved as safetensors + tokenizer.
 4. ``eval``  -- refusal rates (keyword judge) of the merged model on harmful / harmless prompts
    of the evaluation splits, stored with provenance in ``<out>/alignment.json``.
@@ -44,7 +45,8 @@ the first response position, target 1 on harmful prompts and 0 on harmless ones 
 answers that themselves open with such a token are left out). It costs no extra forward pass.
 On val, with the same data and steps: weight 1: 94% / **0%** (AUC of that probability, harmful
 vs harmless, 0.994 against align-2's 0.974); weight 3: 94% / 2% (AUC 0.997). Weight 1 is the
-default.
+default; on the test split, measured once, it refuses 98.9% of the harmful prompts and 3.6% of
+the harmless ones (goal >= 90% / <= 10%: met), in the same 10.7 min as ``align-2``.
 
 >>> # from safeanchor.pipelines.align import build_safe_model
 >>> # info = build_safe_model("embedded:smollm2-135m-instruct", "runs/safe-smollm2")

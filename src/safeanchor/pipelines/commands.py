@@ -35,7 +35,8 @@ def align(
     seed: int = typer.Option(0, help="random seed"),
     force: bool = typer.Option(False, help="rebuild even if OUT already holds a model"),
 ) -> None:
-    """Safety-align BASE with LoRA SFT (harmful -> refusal, harmless -> own answers), merge, save, measure."""
+    """Safety-align BASE with LoRA SFT (harmful -> refusal, harmless -> own answers) plus the refusal-decision
+    loss, merge, save, measure."""
     from .align import DEFAULT_BASE, build_safe_model_atomic
 
     if out is None:
