@@ -276,11 +276,10 @@ def test_decision_weight_zero_trains_exactly_like_plain_sft_and_positive_logs_it
                for i in range(8)]
     records += [Record(f"What is {i} plus {i}?", f"The answer is {2 * i}.", meta={"kind": "harmless"})
                 for i in range(8)]
-    runs = {}
-    for w in (0.0, 0.0, 5.0):
-        cfg = AlignConfig(decision_weight=w, epochs=4, batch_size=4, progress=False, learning_rate=5e-3)
-        _, log = train_adapter(copy.deepcopy(tiny_model), tiny_tokenizer, records, cfg, tmp_path / f"w{len(runs)}")
-        runs[len(runs)] = log
+    runs = [train_adapter(copy.deepcopy(tiny_model), tiny_tokenizer, records,
+                          AlignConfig(decision_weight=w, epochs=4, batch_size=4, progress=False, learning_rate=5e-3),
+                          tmp_path / f"w{k}")[1]
+            for k, w in enumerate((0.0, 0.0, 5.0))]
     plain = [e["loss"] for e in runs[0]["loss_history"]]
     assert plain == [e["loss"] for e in runs[1]["loss_history"]]
     assert all("decision_loss" not in e for e in runs[0]["loss_history"])

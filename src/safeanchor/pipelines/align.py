@@ -246,7 +246,7 @@ def alignment_features(tokenizer, records: list, cfg: AlignConfig) -> tuple[list
     Returns ``(features, n_truncated_to_max_length, n_harmless_cut, refusal_opener_ids)``."""
     from ..data import encode_pair
 
-    features, truncated, prefix_only = [], 0, 0
+    features, firsts, truncated, prefix_only = [], [], 0, 0  # firsts: each feature's first response token
     for i, rec in enumerate(records):
         enc = encode_pair(tokenizer, rec, max_length=cfg.max_length, where=f"alignment record {i} ({rec.id})")
         truncated += enc.truncated
@@ -256,21 +256,14 @@ def alignment_features(tokenizer, records: list, cfg: AlignConfig) -> tuple[list
             keep = enc.prompt_len + cfg.harmless_response_tokens
             ids, labels = ids[:keep], labels[:keep]
             prefix_only += 1
-        feature = {"input_ids": ids, "labels": labels, "refuse": 0 if harmless else 1,
-                   "first": ids[enc.prompt_len]}
-        features.extend(dict(feature) for _ in range(cfg.harmless_repeat if harmless else 1))
-    openers = refusal_openers(features)
-    for f in features:
-        if f["refuse"] == 0 and f["first"] in openers:
+        for _ in range(cfg.harmless_repeat if harmless else 1):
+            features.append({"input_ids": ids, "labels": labels, "refuse": 0 if harmless else 1})
+            firsts.append(ids[enc.prompt_len])
+    openers = sorted({t for f, t in zip(features, firsts) if f["refuse"] == 1})
+    for f, t in zip(features, firsts):
+        if f["refuse"] == 0 and t in openers:
             f["refuse"] = -1
-        del f["first"]
     return features, truncated, prefix_only, openers
-
-
-def refusal_openers(features: list[dict[str, Any]]) -> list[int]:
-    """The sorted token ids that open the refusals: the ``first`` response token of every
-    ``refuse == 1`` feature."""
-    return sorted({f["first"] for f in features if f["refuse"] == 1})
 
 
 def decision_loss(logits, labels, refuse, openers) -> tuple[Any, int]:
