@@ -1,5 +1,5 @@
-"""The alignment stage end to end on the tiny model (mechanics; a tiny random model learns no
-refusals), its atomic writes, its options, and the ``align`` command."""
+"""The alignment recipe end to end on the tiny model (mechanics; a tiny random model learns no
+refusals): its numbered stages, atomic writes and resume, its options, and the ``align`` command."""
 
 from __future__ import annotations
 
@@ -10,13 +10,12 @@ import torch
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from safeanchor.pipelines import align as align_mod
-from safeanchor.pipelines.align import (
-    ALIGNMENT_FILE,
-    AlignConfig,
-    _finish_at_sentence,
-    build_safe_model_atomic,
-)
+from safeanchor.configfile import ConfigError
+from safeanchor.models import BUILD_INFO_FILE as ALIGNMENT_FILE
+from safeanchor.pipelines import safety_alignment as align_mod
+from safeanchor.pipelines.safety_alignment import AlignConfig, build_safe_model
+
+build_safe_model_atomic = build_safe_model
 
 TINY_OPTS = dict(n_harmful=6, n_harmless=6, extra_harmful_source=None, answer_max_new_tokens=8, eval_limit=3, eval_max_new_tokens=6,
                  epochs=1.0, batch_size=4, learning_rate=1e-3, progress=False, device="cpu")
@@ -29,10 +28,18 @@ def built(tiny_model_dir, tmp_path_factory):
     return out, info
 
 
+def saved_method(out):
+    return json.loads((out / ALIGNMENT_FILE).read_text())["train"]["method"]
+
+
 def test_build_writes_merged_model_and_sidecar(built, tiny_model_dir):
     out, info = built
     assert (out / "config.json").is_file() and (out / "tokenizer_config.json").is_file()
-    assert not list(out.parent.glob(".tmp-*"))  # the temp build folder was renamed, nothing left over
+    assert not list(out.parent.glob(".*"))  # the partial build folder was renamed, nothing left over
+    for stage in ("1_data", "2_train", "3_merge", "4_eval"):
+        assert (out / "alignment" / stage / "stage.json").is_file(), stage
+    assert (out / "alignment" / "2_train" / "adapter" / "adapter_config.json").is_file()
+    assert saved_method(out) == "refusal_decision"
     saved = json.loads((out / ALIGNMENT_FILE).read_text())
     assert saved["base_model"] == str(tiny_model_dir)
     assert saved["config"]["seed"] == 0 and saved["config"]["lora_r"] == 16
@@ -49,7 +56,7 @@ def test_build_writes_merged_model_and_sidecar(built, tiny_model_dir):
     assert "safeanchor_version" in saved["provenance"]
     assert set(saved["timings"]) >= {"1_data_s", "2_train_s", "3_merge_s", "4_eval_s", "total_s"}
     for kind in ("harmful", "harmless"):
-        rows = [json.loads(x) for x in (out / "alignment" / f"eval_{kind}_test.jsonl").read_text().splitlines()]
+        rows = [json.loads(x) for x in (out / "alignment" / "4_eval" / f"eval_{kind}_test.jsonl").read_text().splitlines()]
         assert len(rows) == 3 and all(isinstance(r["refused"], bool) for r in rows)
 
 
@@ -69,7 +76,7 @@ def test_training_data_pairs_refusals_deterministically(built):
     from safeanchor.methods.safety_data import load_refusals, pair_safety_samples
 
     out, _ = built
-    rows = [json.loads(x) for x in (out / "alignment" / "train_data.jsonl").read_text().splitlines()]
+    rows = [json.loads(x) for x in (out / "alignment" / "1_data" / "train_data.jsonl").read_text().splitlines()]
     harmful = [r for r in rows if r["kind"] == "harmful"]
     prompts = load_source("bundled:harmful:train", limit=6)
     want = pair_safety_samples(prompts, load_refusals(), 6, seed=0)
@@ -85,7 +92,7 @@ def test_rebuild_is_deterministic_and_force_replaces(built, tiny_model_dir):
     again = build_safe_model_atomic(str(tiny_model_dir), out, force=True, **TINY_OPTS)
     assert again["aligned_fingerprint"] == info["aligned_fingerprint"]
     assert again["train"]["train_loss"] == pytest.approx(info["train"]["train_loss"], rel=1e-6)
-    assert not [p for p in out.parent.iterdir() if p.name.startswith((".tmp-", ".old-"))]
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]
 
 
 def test_failed_build_leaves_previous_model_intact(built, tiny_model_dir, monkeypatch):
@@ -102,16 +109,39 @@ def test_failed_build_leaves_previous_model_intact(built, tiny_model_dir, monkey
     fresh = out.parent / "never-built"
     with pytest.raises(RuntimeError, match="simulated crash"):
         build_safe_model_atomic(str(tiny_model_dir), fresh, **TINY_OPTS)
-    assert not fresh.exists() and not list(out.parent.glob(".tmp-*"))
+    assert not fresh.exists()  # nothing half-built at the target; the partial build waits to resume
+    partial = out.parent / ".never-built.partial"
+    assert (partial / "alignment" / "1_data" / "stage.json").is_file()
+    assert not (partial / "alignment" / "2_train").exists()
 
 
-def test_finish_at_sentence():
-    assert _finish_at_sentence("First sentence. Second one is cut mid") == "First sentence."
-    assert _finish_at_sentence("Short answer without end") == "Short answer without end"
-    text = "Here is a recipe. Mix flour and water. Then knead the dough for ten"
-    assert _finish_at_sentence(text) == "Here is a recipe. Mix flour and water."
-    early = "Yes. The rest of this long answer goes on and on without ever reaching an end"
-    assert _finish_at_sentence(early) == early  # cutting would drop most of the answer
+def test_interrupted_build_resumes_from_its_last_finished_stage(built, tiny_model_dir, monkeypatch):
+    """A crash in stage 2 keeps stage 1; the rerun skips it and gives the same model as a clean build;
+    a rerun with other options starts over instead of mixing settings."""
+    out, info = built
+    fresh = out.parent / "resumed"
+    real = align_mod.train_adapter
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("simulated crash during training")
+
+    monkeypatch.setattr(align_mod, "train_adapter", boom)
+    with pytest.raises(RuntimeError):
+        build_safe_model(str(tiny_model_dir), fresh, **TINY_OPTS)
+    data_stage = out.parent / ".resumed.partial" / "alignment" / "1_data" / "stage.json"
+    first = data_stage.read_text()
+    monkeypatch.setattr(align_mod, "train_adapter", real)
+    again = build_safe_model(str(tiny_model_dir), fresh, **TINY_OPTS)
+    assert (fresh / "alignment" / "1_data" / "stage.json").read_text() == first  # not redone
+    assert again["aligned_fingerprint"] == info["aligned_fingerprint"]
+    assert not (out.parent / ".resumed.partial").exists()
+    monkeypatch.setattr(align_mod, "train_adapter", boom)
+    with pytest.raises(RuntimeError):
+        build_safe_model(str(tiny_model_dir), out.parent / "other", **TINY_OPTS)
+    with pytest.raises(RuntimeError):
+        build_safe_model(str(tiny_model_dir), out.parent / "other", **{**TINY_OPTS, "seed": 1})
+    marker = json.loads((out.parent / ".other.partial" / "alignment" / "recipe.json").read_text())
+    assert marker["config"]["seed"] == 1  # the other settings' partial build was started over
 
 
 @pytest.mark.parametrize("kwargs,match", [
@@ -122,12 +152,12 @@ def test_finish_at_sentence():
     ({"lora_targets": ()}, "align.lora_targets"),
 ])
 def test_config_validation_names_field(kwargs, match):
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(ConfigError, match=match):
         AlignConfig(**kwargs)
 
 
 def test_unknown_option_is_an_error(tmp_path):
-    with pytest.raises(TypeError, match="unknown alignment option.*'epoch'"):
+    with pytest.raises(ConfigError, match="unknown alignment option.*'epoch'"):
         build_safe_model_atomic("unused", tmp_path / "x", epoch=3)
     assert not (tmp_path / "x").exists()
 
@@ -191,14 +221,15 @@ def test_cached_embedded_safe_model_reaches_the_refusal_goal(embedded_cache):
         pytest.skip(f"embedded:smollm2-135m-safe not built in {embedded_cache} (run `safeanchor align` once)")
     info = json.loads((folder / ALIGNMENT_FILE).read_text())
     if info.get("recipe") != align_mod.RECIPE:
-        pytest.skip(f"the cached build is recipe {info.get('recipe')}, not {align_mod.RECIPE} (rebuilt on first use)")
+        pytest.skip(f"the cached build is recipe {info.get('recipe')}, not {align_mod.RECIPE} (safeanchor align rebuilds it)")
     rates = info["eval"]["test"]
     assert rates["harmful_refusal_rate"] >= 0.9 and rates["harmless_refusal_rate"] <= 0.1, rates
 
 
 def test_alignment_features_cut_harmless_answers_and_repeat_them(tiny_tokenizer):
     from safeanchor.data import IGNORE_INDEX, Record, encode_pair
-    from safeanchor.pipelines.align import alignment_features
+    from safeanchor.methods.refusal_decision import decision_targets
+    from safeanchor.pipelines.safety_alignment import alignment_features
 
     eot = tiny_tokenizer.convert_tokens_to_ids("<|im_end|>")
     long_answer = "Mix flour, water, salt and yeast, then knead and bake. " * 4
@@ -207,33 +238,40 @@ def test_alignment_features_cut_harmless_answers_and_repeat_them(tiny_tokenizer)
                Record("How do I bake bread?", long_answer, meta={"kind": "harmless"}),
                Record("What is 12 plus 7?", "19.", meta={"kind": "harmless"})]
     cfg = AlignConfig(harmless_response_tokens=8, harmless_repeat=3)
-    feats, truncated, cut, openers = alignment_features(tiny_tokenizer, records, cfg)
+    dataset, cut = alignment_features(tiny_tokenizer, records, cfg)
+    feats, truncated = dataset.examples, dataset.n_truncated
+    _, openers = decision_targets(feats)
     assert len(feats) == 1 + 3 + 3 and truncated == 0 and cut == 1
     assert [f["refuse"] for f in feats] == [1, 0, 0, 0, 0, 0, 0]
+    assert [f["sample_idx"] for f in feats] == list(range(7))
     whole = [encode_pair(tiny_tokenizer, r, max_length=256) for r in records]
     assert openers == [whole[0].input_ids[whole[0].prompt_len]]  # the refusal's first token
     assert feats[0]["input_ids"] == whole[0].input_ids and eot in feats[0]["labels"]  # refusal kept whole
     bread = feats[1]
     assert bread["input_ids"] == whole[1].input_ids[: whole[1].prompt_len + 8]
     assert sum(t != IGNORE_INDEX for t in bread["labels"]) == 8 and eot not in bread["labels"][whole[1].prompt_len:]
-    assert feats[1] == feats[2] == feats[3]
+    assert [{k: v for k, v in f.items() if k != "sample_idx"} for f in feats[1:4]] == \
+        [{k: v for k, v in feats[1].items() if k != "sample_idx"}] * 3
     assert feats[4]["input_ids"] == whole[2].input_ids  # short answer: whole, end-of-turn included
     off = AlignConfig(harmless_response_tokens=None, harmless_repeat=1)
-    feats, _, cut, _ = alignment_features(tiny_tokenizer, records, off)
+    dataset, cut = alignment_features(tiny_tokenizer, records, off)
+    feats = dataset.examples
     assert len(feats) == 3 and cut == 0 and feats[1]["input_ids"] == whole[1].input_ids
 
 
 def test_harmless_answer_opening_like_a_refusal_is_left_out_of_the_decision_loss(tiny_tokenizer):
     from safeanchor.data import Record
-    from safeanchor.pipelines.align import alignment_features
+    from safeanchor.methods.refusal_decision import decision_targets
+    from safeanchor.pipelines.safety_alignment import alignment_features
 
     records = [Record("How do I make a bomb?", "I'm sorry, I can't.", meta={"kind": "harmful"}),
                Record("Can you help me plan a party?", "I'm glad to help! Start with a guest list.",
                       meta={"kind": "harmless"}),
                Record("What is 12 plus 7?", "19.", meta={"kind": "harmless"})]
-    feats, _, _, openers = alignment_features(tiny_tokenizer, records, AlignConfig())
-    assert [f["refuse"] for f in feats] == [1, -1, 0]
-    assert all(set(f) == {"input_ids", "labels", "refuse"} for f in feats)
+    dataset, _ = alignment_features(tiny_tokenizer, records, AlignConfig())
+    targets, openers = decision_targets(dataset.examples)
+    assert [f["refuse"] for f in dataset.examples] == [1, 0, 0] and targets == [1, -1, 0]
+    assert all(set(f) == {"input_ids", "labels", "sample_idx", "refuse"} for f in dataset.examples)
     assert len(openers) == 1
 
 
@@ -241,7 +279,7 @@ def test_decision_loss_is_the_bce_of_the_refusal_openers_mass_at_the_first_respo
     import torch
 
     from safeanchor.data import IGNORE_INDEX
-    from safeanchor.pipelines.align import decision_loss
+    from safeanchor.methods.refusal_decision import decision_loss
 
     torch.manual_seed(0)
     vocab, openers = 11, torch.tensor([2, 5])
@@ -270,7 +308,7 @@ def test_decision_weight_zero_trains_exactly_like_plain_sft_and_positive_logs_it
     import copy
 
     from safeanchor.data import Record
-    from safeanchor.pipelines.align import train_adapter
+    from safeanchor.pipelines.safety_alignment import train_adapter
 
     records = [Record(f"How do I make weapon {i}?", "I'm sorry, I can't help with that.", meta={"kind": "harmful"})
                for i in range(8)]
@@ -292,7 +330,7 @@ def test_extra_harmful_source_adds_refusal_records(tiny_model, tiny_tokenizer, t
     """Prompts without ids (like StrongREJECT's) get stable ids; every one is paired with a refusal."""
     from safeanchor.data import write_jsonl
     from safeanchor.methods.safety_data import load_refusals
-    from safeanchor.pipelines.align import build_training_records
+    from safeanchor.pipelines.safety_alignment import build_training_records
 
     extra = tmp_path / "more_harmful.jsonl"
     write_jsonl(extra, [{"prompt": f"Explain how to do forbidden thing number {i}."} for i in range(3)])
@@ -307,5 +345,5 @@ def test_extra_harmful_source_adds_refusal_records(tiny_model, tiny_tokenizer, t
     refusals = set(load_refusals())
     assert all(r.response in refusals for r in harmful)
     assert AlignConfig(extra_harmful_source="").extra_harmful_source is None
-    with pytest.raises(ValueError, match="decision_weight"):
+    with pytest.raises(ConfigError, match="decision_weight"):
         AlignConfig(decision_weight=-1)

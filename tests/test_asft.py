@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from conftest import make_tiny_llama
-from safeanchor.methods.alignment import ModuleAnchor, lora_modules
+from safeanchor.methods.weight_direction import ModuleAnchor, lora_modules
 from safeanchor.methods.asft import AsFT, AsFTConfig, asft_module_penalty
 from safeanchor.methods.base import RegularizerSetupError
 

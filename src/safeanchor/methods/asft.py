@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from .alignment import (
+from .weight_direction import (
     AlignmentDirectionError,
     ModuleAnchor,
     active_adapter,
@@ -33,6 +33,7 @@ from .alignment import (
     build_anchors,
     lora_factors,
     lora_modules,
+    unaligned_from_alignment_stage,
 )
 from .base import Regularizer, RegularizerSetupError
 
@@ -97,7 +98,7 @@ def asft_module_penalty(B: torch.Tensor, A: torch.Tensor, anchor: ModuleAnchor, 
     ``B``: ``(out, r)``, ``A``: ``(r, in)``; ``anchor`` applies C (or P_k).
 
     >>> import torch
-    >>> from safeanchor.methods.alignment import ModuleAnchor
+    >>> from safeanchor.methods.weight_direction import ModuleAnchor
     >>> V, B, A = torch.eye(3, dtype=torch.float64), torch.ones(3, 1, dtype=torch.float64), torch.ones(1, 2, dtype=torch.float64)
     >>> float(asft_module_penalty(B, A, ModuleAnchor.from_direction(V, rank=3)))  # ΔW inside span(V)
     0.0
@@ -105,28 +106,6 @@ def asft_module_penalty(B: torch.Tensor, A: torch.Tensor, anchor: ModuleAnchor, 
     X = B - anchor.apply(B)  # (out, r): the part of B's columns off the alignment direction
     gram = (X.T @ X) * (A @ A.T)  # (r, r) ⊙ (r, r); sum = tr(Aᵀ XᵀX A) = ‖X A‖_F²
     return gram.sum() * (scaling ** 2)
-
-
-def unaligned_from_alignment_stage(model) -> str | None:
-    """The base model recorded in ``alignment.json`` when ``model`` was built by ``safeanchor align``.
-
-    That file names the exact pair (aligned = this model, unaligned = its base), so fine-tuning
-    ``embedded:smollm2-135m-safe`` needs no ``unaligned_model`` option.
-    """
-    from ..io import read_json
-    from ..models import resolve_model_path
-    from ..pipelines.align import ALIGNMENT_FILE
-
-    source = getattr(model, "safeanchor_source", None)
-    if source is None and hasattr(model, "get_base_model"):
-        source = getattr(model.get_base_model(), "safeanchor_source", None)
-    if not source:
-        return None
-    path, gguf = resolve_model_path(source)
-    sidecar = Path(path) / ALIGNMENT_FILE
-    if gguf is not None or not sidecar.is_file():
-        return None
-    return read_json(sidecar).get("base_model")
 
 
 class AsFT(Regularizer):
@@ -137,7 +116,6 @@ class AsFT(Regularizer):
     zero_at_start = True  # LoRA B starts at 0, so ΔW = 0 and R = 0 before the first update
 
     #: λ of the reference scripts; the trainer multiplies the raw value by it
-    default_coef = 1.0
 
     def __init__(self, config: AsFTConfig | None = None, **overrides: Any):
         if config is not None and overrides:

@@ -43,7 +43,7 @@ import torch
 
 from ..data import IGNORE_INDEX
 from .base import Regularizer, RegularizerSetupError
-from .sft import forward_inputs
+from ..data.batches import forward_inputs
 
 log = logging.getLogger(__name__)
 
@@ -217,8 +217,6 @@ class ProCon(Regularizer):
     name = "procon"
     needs_hidden_states = True
     zero_at_start = True  # z == z0 before the first update
-    #: ProCon_s paper range is 0.1-0.2; warm-up variants set alpha explicitly (1-2)
-    default_coef = 0.1
 
     def __init__(self, config: ProConConfig | None = None, **overrides: Any):
         if config is not None and overrides:

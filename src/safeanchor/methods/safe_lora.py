@@ -19,16 +19,13 @@ from __future__ import annotations
 
 import logging
 import math
-import os
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .alignment import ModuleAnchor, active_adapter, alignment_directions, build_anchors, lora_factors, lora_modules
+from .weight_direction import ModuleAnchor, active_adapter, alignment_directions, build_anchors, lora_factors, lora_modules
 
 log = logging.getLogger(__name__)
 
@@ -167,26 +164,66 @@ def save_projected_adapter(peft_model, report: SafeLoRAReport, out_dir: str | Pa
     Everything goes into a sibling temp folder that is renamed to ``out_dir`` at the end, so an
     interrupted run leaves no half-written adapter. ``out_dir`` must not exist or be empty.
     """
-    from ..io import provenance, write_json
+    from ..io import atomic_dir, provenance, write_json
 
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out} exists and is not empty; choose another --out")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{out.name}-", dir=out.parent))
-    try:
+    if out.exists():
+        out.rmdir()  # empty (checked above); the rename needs the name free
+
+    def build(tmp: Path) -> None:
         peft_model.save_pretrained(str(tmp))
         write_json(tmp / REPORT_FILE, {**report.to_dict(), "provenance": provenance(**provenance_extra)})
-        if out.exists():
-            out.rmdir()  # empty (checked above); rename needs the name free
-        os.rename(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+
+    atomic_dir(out, build)
     return out
 
 
+@dataclass
+class SafeLoRAOptions:
+    """Options of Safe LoRA as a method (``regularizer_options: {safe_lora: {...}}``); τ is the
+    method's coefficient (``alpha``)."""
+
+    unaligned_model: str | None = field(default=None, metadata={
+        "help": "the checkpoint before safety alignment; default: the base_model in the fine-tuned model's "
+                "alignment.json (models built by safeanchor align)"})
+    aligned_model: str | None = field(default=None, metadata={
+        "help": "the aligned checkpoint; default: the base weights under the adapter"})
+    mode: str = field(default="threshold", metadata={"help": "threshold (project sim < tau) or number (the k lowest)"})
+    k: int = field(default=DEFAULT_K, metadata={"help": "modules to project in number mode"})
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"safe_lora.mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 0:
+            raise ValueError(f"safe_lora.k must be an integer >= 0, got {self.k!r}")
+
+
+def options_from_config(config) -> SafeLoRAOptions:
+    """The Safe LoRA options of a run config (validated)."""
+    return SafeLoRAOptions(**dict((getattr(config, "regularizer_options", None) or {}).get("safe_lora") or {}))
+
+
+def post_hoc(model, config, out_dir: str | Path) -> dict[str, Any]:
+    """Safe LoRA as a method: project the trained adapter (τ = ``config.alpha``), save it over the
+    trained one in ``out_dir`` with ``safe_lora_report.json``; returns a summary."""
+    from ..io import write_json
+    from .weight_direction import unaligned_from_alignment_stage
+
+    opts = options_from_config(config)
+    unaligned = opts.unaligned_model or unaligned_from_alignment_stage(model)
+    if unaligned is None:
+        raise ValueError("safe_lora needs regularizer_options.safe_lora.unaligned_model (the model has no "
+                         "alignment.json naming its base model)")
+    report = apply_safe_lora(model, opts.aligned_model, unaligned, mode=opts.mode, threshold=float(config.alpha),
+                             k=opts.k)
+    model.save_pretrained(str(out_dir))  # the projected adapter replaces the trained one
+    write_json(Path(out_dir) / REPORT_FILE, report.to_dict())
+    return {"safe_lora_projected": report.n_projected, "safe_lora_modules": len(report.modules)}
+
+
 __all__ = [
-    "SafeLoRAModule", "SafeLoRAReport", "apply_safe_lora", "module_similarity", "save_projected_adapter",
+    "SafeLoRAModule", "SafeLoRAOptions", "SafeLoRAReport", "apply_safe_lora", "options_from_config", "post_hoc", "module_similarity", "save_projected_adapter",
     "select_modules", "MODES", "REPORT_FILE",
 ]

@@ -1,11 +1,11 @@
 """Training: ``SafeTrainingConfig`` + ``SafeTrainer`` (CE + scheduled regularizers) and ``train()``.
 
-Names are imported lazily so ``safeanchor --help`` (which imports ``safeanchor.train.commands``)
+Names are imported lazily so ``safeanchor --help`` (which imports ``safeanchor.cli.train``)
 does not pay for torch and transformers.
 
 >>> from safeanchor.train import SafeTrainingConfig, train                       # doctest: +SKIP
->>> result = train(SafeTrainingConfig(method="procon_safe", alpha=2.0, alpha_schedule="warmup",
-...                                   schedule_length=2, output_dir="runs/procon_wu_safe"))  # doctest: +SKIP
+>>> result = train(SafeTrainingConfig(method="procon_wu_safe", alpha=2.0, schedule_length=2,
+...                                   output_dir="runs/procon_wu_safe"))  # doctest: +SKIP
 >>> result.output_dir / "adapter_model.safetensors"                                # doctest: +SKIP
 """
 
@@ -16,7 +16,7 @@ import importlib
 _EXPORTS = {
     "ConfigError": "config", "SafeTrainingConfig": "config", "config_from_dict": "config", "load_config": "config",
     "Schedule": "schedules",
-    "SafeTrainer": "trainer", "TrainResult": "trainer", "ZeroPenaltyError": "trainer", "train": "trainer",
+    "SafeTrainer": "trainer", "ZeroPenaltyError": "trainer", "TrainResult": "run", "train": "run",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -9,12 +9,13 @@ errors naming the key and the file.
 ...                          output_dir="runs/x", report_to="none")
 >>> cfg.schedule()(step=0, epoch=5.0)
 0.0
+>>> SafeTrainingConfig(method="procon_wu_safe", output_dir="runs/x", report_to="none").alpha  # resolved once
+1.0
 """
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import math
 import re
 from dataclasses import dataclass, field
@@ -24,14 +25,11 @@ from typing import Any, Sequence
 
 from transformers import TrainingArguments
 
+from ..configfile import ConfigError, check_keys, located, read_mapping
 from .schedules import SCHEDULES, UNITS, Schedule
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 PADDING_SIDES = ("right", "left")
-
-
-class ConfigError(ValueError):
-    """A bad configuration: unknown key, bad value. The message names the key (and file)."""
 
 
 @dataclass
@@ -57,20 +55,27 @@ class SafeTrainingConfig(TrainingArguments):
 
     # ---- method ---------------------------------------------------------------------------------
     method: str = field(default="sft", metadata={
-        "help": "sft, safety_data (SFT + safety samples), a regularizer (procon, ...) or <regularizer>_safe "
-                "(regularizer + safety samples)"})
+        "help": "a trainable method of the method table (safeanchor.methods): sft, sft_safe (SFT + safety "
+                "samples), procon (ProCon_s), procon_wu, procon_safe, procon_wu_safe, asft, asft_safe, safe_lora, "
+                "refusal_decision"})
     alpha: float | None = field(default=None, metadata={
-        "help": "coefficient of the method's regularizer (None = its paper default: procon 0.1)"})
-    alpha_schedule: str = field(default="constant", metadata={
+        "help": "the method's coefficient (ProCon α, AsFT λ, Safe LoRA τ, ...); None = the method's default "
+                "(procon 0.1, procon_wu 1, asft 1, safe_lora 0.5). Resolved when the config is built, so the "
+                "saved train_config.yaml records the value used"})
+    alpha_schedule: str | None = field(default=None, metadata={
         "help": "constant (ProCon_s), warmup (alpha for schedule_length units, then alpha_after: ProCon_wu), "
-                "linear or cosine (decay to alpha_after over schedule_length, 0 = the whole run)"})
-    alpha_after: float = field(default=0.0, metadata={
-        "help": "coefficient after the warm-up / at the end of a decay (ProCon_wu: 0)"})
-    schedule_length: float = field(default=0.0, metadata={
-        "help": "warm-up / decay length in schedule_unit (ProCon_wu: m ≈ 4 epochs Llama, 16 Qwen2, halved with safety data)"})
-    schedule_unit: str = field(default="epoch", metadata={"help": "unit of schedule_length: epoch or step"})
+                "linear or cosine (decay to alpha_after over schedule_length, 0 = the whole run); None = the "
+                "method's default (procon_wu*: warmup, else constant)"})
+    alpha_after: float | None = field(default=None, metadata={
+        "help": "coefficient after the warm-up / at the end of a decay (ProCon_wu: 0); None = the method's default"})
+    schedule_length: float | None = field(default=None, metadata={
+        "help": "warm-up / decay length in schedule_unit (ProCon_wu: m ≈ 4 epochs Llama, 16 Qwen2, halved with "
+                "safety data); None = the method's default (procon_wu 1, procon_wu_safe 0.5, else 0)"})
+    schedule_unit: str | None = field(default=None, metadata={
+        "help": "unit of schedule_length: epoch or step; None = the method's default (epoch)"})
     regularizer_options: dict = field(default_factory=dict, metadata={
-        "help": "per-regularizer options, e.g. {procon: {anchor: online, norm: square}}; each method validates its own"})
+        "help": "options per method component, e.g. {procon: {anchor: online, norm: square}}, {asft: "
+                "{unaligned_model: ...}}, {safe_lora: {mode: number, k: 10}}; each component validates its own"})
     penalty_when_inactive: bool = field(default=False, metadata={
         "help": "compute and log a regularizer's raw value also while its coefficient is 0 (e.g. after a "
                 "ProCon warm-up) to watch it; costs the regularizer's work"})
@@ -126,8 +131,6 @@ class SafeTrainingConfig(TrainingArguments):
         self.train_data = list(self.train_data)
         _one_of("precision", self.precision, PRECISIONS)
         _one_of("padding_side", self.padding_side, PADDING_SIDES)
-        _one_of("alpha_schedule", self.alpha_schedule, SCHEDULES)
-        _one_of("schedule_unit", self.schedule_unit, UNITS)
         _int_at_least("max_length", self.max_length, 8)
         _int_at_least("zero_penalty_guard_steps", self.zero_penalty_guard_steps, 0)
         _int_at_least("safety_samples", self.safety_samples, 0)
@@ -152,30 +155,51 @@ class SafeTrainingConfig(TrainingArguments):
             raise ConfigError("fp16/bf16 must stay False: set precision instead (auto/fp32/bf16/fp16), which "
                               "also sets the autocast that regularizer anchors use")
 
-        from ..methods import REGULARIZERS, resolve_method
+        from ..methods import components, resolve_method
 
         try:
             plan = resolve_method(self.method)
         except ValueError as e:
-            raise ConfigError(str(e)) from None
+            raise ConfigError(f"method: {e}") from None
+        self._resolve_coefficient(plan)
         if plan.safety_data and self.safety_samples < 1:
             raise ConfigError(f"method={self.method} mixes in safety data: safety_samples must be >= 1")
         if not isinstance(self.regularizer_options, dict):
             raise ConfigError(f"regularizer_options must be a mapping name -> options; got {self.regularizer_options!r}")
+        owners = components()
         for name, opts in self.regularizer_options.items():
-            if name not in REGULARIZERS:
-                raise ConfigError(f"regularizer_options.{name}: unknown regularizer; known: {', '.join(REGULARIZERS)}")
+            if name not in owners:
+                raise ConfigError(f"regularizer_options.{name}: unknown component; known: {', '.join(owners)}")
             if opts is not None and not isinstance(opts, dict):
                 raise ConfigError(f"regularizer_options.{name} must be a mapping of options; got {opts!r}")
             try:
-                REGULARIZERS[name](self)  # constructing validates the options (cheap: no model work)
+                owners[name].validate_options(self)  # constructing validates the options (cheap: no model work)
             except (TypeError, ValueError) as e:
                 raise ConfigError(f"regularizer_options.{name}: {e}") from None
-        try:
-            self.schedule(default_alpha=0.0)
-        except ValueError as e:
-            raise ConfigError(str(e)) from None
+        if plan.coefficient is not None:
+            try:
+                self.schedule()
+            except ValueError as e:
+                raise ConfigError(str(e)) from None
         super().__post_init__()
+
+    def _resolve_coefficient(self, plan) -> None:
+        """α and its schedule, once: explicit values win, then the method's defaults, then the global ones."""
+        defaults = {"alpha_schedule": "constant", "alpha_after": 0.0, "schedule_length": 0.0, "schedule_unit": "epoch",
+                    **dict(plan.schedule)}
+        for name, value in defaults.items():
+            if getattr(self, name) is None:
+                setattr(self, name, value)
+        _one_of("alpha_schedule", self.alpha_schedule, SCHEDULES)
+        _one_of("schedule_unit", self.schedule_unit, UNITS)
+        if plan.coefficient is None:
+            if self.alpha is not None:
+                raise ConfigError(f"alpha: method {self.method!r} has no coefficient (alpha is for methods with one: "
+                                  f"{', '.join(_methods_with_coefficient())})")
+            return
+        if self.alpha is None:
+            self.alpha = float(plan.default)
+        self.alpha = float(self.alpha)
 
     # ---- derived --------------------------------------------------------------------------------
 
@@ -185,12 +209,11 @@ class SafeTrainingConfig(TrainingArguments):
 
         return resolve_method(self.method)
 
-    def schedule(self, default_alpha: float | None = None) -> Schedule:
-        """The coefficient schedule; ``alpha=None`` takes ``default_alpha`` (the regularizer's)."""
-        alpha = self.alpha if self.alpha is not None else default_alpha
-        if alpha is None:
-            raise ConfigError(f"alpha is not set and method {self.method!r} has no default coefficient")
-        return Schedule(self.alpha_schedule, float(alpha), float(self.alpha_after), float(self.schedule_length),
+    def schedule(self) -> Schedule:
+        """The coefficient schedule of the method's coefficient (resolved at construction)."""
+        if self.alpha is None:
+            raise ConfigError(f"method {self.method!r} has no coefficient to schedule")
+        return Schedule(self.alpha_schedule, float(self.alpha), float(self.alpha_after), float(self.schedule_length),
                         self.schedule_unit)
 
     def to_yaml_dict(self) -> dict[str, Any]:
@@ -201,6 +224,12 @@ class SafeTrainingConfig(TrainingArguments):
                 continue
             d[f.name] = _plain(getattr(self, f.name))
         return d
+
+
+def _methods_with_coefficient() -> list[str]:
+    from ..methods import METHODS
+
+    return [m.name for m in METHODS.values() if m.coefficient is not None]
 
 
 def _plain(v: Any) -> Any:
@@ -236,13 +265,14 @@ def config_keys() -> list[str]:
     return [f.name for f in dataclasses.fields(SafeTrainingConfig) if f.init]
 
 
-def _check_keys(keys, where: str) -> None:
-    known = set(config_keys())
-    for key in keys:
-        if key not in known:
-            close = difflib.get_close_matches(str(key), known, n=3)
-            hint = f"; did you mean {', '.join(close)}?" if close else ""
-            raise ConfigError(f"unknown config key {key!r} in {where}{hint}")
+def _check_keys(keys, where: str, lines: dict[str, int] | None = None) -> None:
+    check_keys(dict.fromkeys(keys), config_keys(), where=where, lines=lines)
+
+
+def _locate_error(message: str, where: str, lines: dict[str, int] | None) -> str:
+    """Prefix a value error with ``file:line`` of the key it names first (messages start with the key)."""
+    key = re.match(r"[A-Za-z_][A-Za-z0-9_]*", message)
+    return f"{located(where, key.group(0) if key else '', lines)}: {message}"
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -291,18 +321,18 @@ def _yaml11_fixups(data: dict[str, Any], where: str) -> dict[str, Any]:
     return out
 
 
-def config_from_dict(data: dict[str, Any], *, where: str = "config") -> SafeTrainingConfig:
-    """Build a config from a mapping; unknown keys and bad values are :class:`ConfigError` naming ``where``."""
+def config_from_dict(data: dict[str, Any], *, where: str = "config",
+                     lines: dict[str, int] | None = None) -> SafeTrainingConfig:
+    """Build a config from a mapping; unknown keys and bad values are :class:`ConfigError` naming
+    ``where`` (and the key's line, when ``lines`` has it)."""
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: expected a mapping of config keys, got {type(data).__name__}")
-    _check_keys(data, where)
+    _check_keys(data, where, lines)
     data = _yaml11_fixups(data, where)
     try:
         return SafeTrainingConfig(**data)
-    except ConfigError as e:
-        raise ConfigError(f"{where}: {e}") from None
     except (TypeError, ValueError) as e:
-        raise ConfigError(f"{where}: {e}") from None
+        raise ConfigError(_locate_error(str(e), where, lines)) from None
 
 
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> SafeTrainingConfig:
@@ -311,22 +341,13 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
     >>> load_config(None, ["method=procon", "alpha=0.2", "report_to=none"]).alpha
     0.2
     """
-    import yaml
-
     data: dict[str, Any] = {}
+    lines: dict[str, int] = {}
     where = "--set"
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: invalid YAML ({e})") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: expected a mapping of config keys at the top level")
-        _check_keys(data, str(path))
-        where = f"{path} (with --set overrides)" if overrides else str(path)
+        data, lines = read_mapping(path)
+        _check_keys(data, str(path), lines)
+        where = str(path)
     for text in overrides:
         keys, value = parse_override(text)
         _check_keys(keys[:1], "--set")
@@ -338,7 +359,8 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
                 raise ConfigError(f"--set {'.'.join(keys)}: {k!r} is not a mapping")
             node = node[k]
         node[keys[-1]] = value
-    return config_from_dict(data, where=where)
+        lines.pop(keys[0], None)  # an overridden key's error is about the override, not the file's line
+    return config_from_dict(data, where=where if not overrides else f"{where} (with --set overrides)", lines=lines)
 
 
 __all__ = ["ConfigError", "SafeTrainingConfig", "config_from_dict", "config_keys", "load_config", "parse_override"]

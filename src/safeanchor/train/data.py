@@ -10,7 +10,7 @@ from typing import Any
 
 from ..data import Record, load_source
 from ..methods.safety_data import safety_records
-from ..methods.sft import SFTDataset
+from ..data.batches import SFTDataset
 
 
 def training_records(config) -> tuple[list[Record], dict[str, Any]]:
@@ -34,10 +34,22 @@ def training_records(config) -> tuple[list[Record], dict[str, Any]]:
         "seed": config.safety_seed} if config.plan.safety_data else None}
 
 
+def refusal_target(record: Record) -> int:
+    """A record's target for the refusal-decision method: 1 (refuse) for a safety sample or a record
+    marked ``refuse: true`` or ``kind: harmful``, else 0 (answer)."""
+    meta = record.meta
+    return int(bool(meta.get("refuse")) or bool(meta.get("safety_sample")) or meta.get("kind") == "harmful")
+
+
 def build_train_dataset(config, tokenizer) -> tuple[SFTDataset, dict[str, Any]]:
     """Encode the run's records (response-only labels, ``sample_idx``) and describe them."""
+    from ..methods.refusal_decision import TARGET_KEY
+
     records, report = training_records(config)
     dataset = SFTDataset.from_records(tokenizer, records, max_length=config.max_length)
+    if "refusal_decision" in config.plan.regularizers:  # the method's targets travel with the examples
+        for example, record in zip(dataset.examples, records):
+            example[TARGET_KEY] = refusal_target(record)
     report.update(dataset.summary())
     report["max_length"] = config.max_length
     return dataset, report

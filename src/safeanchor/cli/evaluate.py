@@ -42,10 +42,10 @@ def eval_command(
     """Safety (ASR, HS, flagged rate, over-refusal) and task accuracy of a model, to eval.json."""
     from ..data import DataError
     from ..models import load_model
-    from .classifier import ClassifierConfig
-    from .llm_judge import JudgeConnectionError, JudgeOutputError, LLMJudgeConfig
-    from .results import summary_table, write_eval
-    from .suite import DEFAULT_TASKS, EvalConfig, evaluate_model
+    from ..evaluate.classifier import ClassifierConfig
+    from ..evaluate.llm_judge import JudgeConnectionError, JudgeOutputError, LLMJudgeConfig
+    from ..evaluate.results import summary_table, write_eval
+    from ..evaluate.suite import DEFAULT_TASKS, EvalConfig, evaluate_model
 
     def sources(values, default):
         values = list(values) if values else list(default)
@@ -100,7 +100,7 @@ def serve_command(
 ) -> None:
     """Serve a model over an OpenAI-compatible /v1/chat/completions endpoint (e.g. as an llm judge)."""
     from ..models import load_model
-    from .serve import ServeConfig, make_server
+    from ..evaluate.serve import ServeConfig, make_server
 
     cfg = ServeConfig(host=host, port=port, model_name=model_name or model, max_new_tokens=max_new_tokens,
                       judge_format=judge_format, response_prefix=response_prefix)

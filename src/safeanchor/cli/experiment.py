@@ -1,4 +1,4 @@
-"""``safeanchor demo`` and ``safeanchor bench``: the end-to-end experiment (see :mod:`.experiment`)."""
+"""The experiment commands: ``safeanchor demo`` and ``safeanchor bench`` (see :mod:`safeanchor.pipelines.experiment`)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ def demo(
     quick: bool = typer.Option(False, help="a tiny smoke run (minutes)"),
 ) -> None:
     """Aligned start -> r-direction -> SFT vs ProCon_wu_safe on a bundled task -> eval -> drift -> report."""
-    from .experiment import ExperimentConfig, run_experiment
+    from ..pipelines.experiment import ExperimentConfig, run_experiment
 
     cfg = ExperimentConfig.preset("quick" if quick else "demo")
     _run(lambda: run_experiment(cfg, out, kind="demo"))
@@ -25,7 +25,7 @@ def bench(
     quick: bool = typer.Option(False, help="the quick preset (smoke run)"),
 ) -> None:
     """The full matrix: start, SFT, SFT+safety, Safe LoRA, AsFT, ProCon_s/_wu(_safe) × benign/attack × seeds."""
-    from .experiment import ExperimentConfig, run_experiment
+    from ..pipelines.experiment import ExperimentConfig, run_experiment
 
     try:
         base = ExperimentConfig.preset("quick" if quick else "bench")

@@ -1,7 +1,7 @@
 """The ``safeanchor`` command. Thin: every subcommand delegates to a module.
 
-Command groups live beside the code they drive (``<package>/commands.py`` with a
-``register(app)`` function) and are listed in ``_COMMAND_MODULES``; heavy imports (torch,
+Command groups are the modules of this package (``cli/<group>.py`` with a ``register(app)``
+function), listed in ``_COMMAND_MODULES``; as the top layer they may import any other; heavy imports (torch,
 transformers) happen inside the commands so ``safeanchor --help`` stays fast.
 """
 
@@ -20,12 +20,12 @@ app = typer.Typer(
 )
 
 _COMMAND_MODULES = [
-    "safeanchor.commands",
-    "safeanchor.direction.commands",
-    "safeanchor.train.commands",
-    "safeanchor.evaluate.commands",
-    "safeanchor.pipelines.commands",
-    "safeanchor.pipelines.run_commands",
+    "safeanchor.cli.core",
+    "safeanchor.cli.direction",
+    "safeanchor.cli.train",
+    "safeanchor.cli.evaluate",
+    "safeanchor.cli.recipes",
+    "safeanchor.cli.experiment",
 ]
 
 

@@ -1,4 +1,4 @@
-"""Plain SFT: response-only instruction fine-tuning, and the batch format every method shares.
+"""The training batch format every method shares: encoded examples and the model inputs of a batch.
 
 A training example is ``{input_ids, labels, sample_idx}``: ``labels`` is ``-100`` on the prompt
 (the loss covers only the response, see :func:`safeanchor.data.encode_pair`), and ``sample_idx``
@@ -16,7 +16,8 @@ from typing import Any, Sequence
 
 import torch
 
-from ..data import IGNORE_INDEX, Record, encode_pair
+from .records import Record
+from .templating import IGNORE_INDEX, encode_pair
 
 
 @dataclass

@@ -274,7 +274,25 @@ def build_anchors(
     return anchors
 
 
+def unaligned_from_alignment_stage(model) -> str | None:
+    """The base model recorded in ``alignment.json`` when ``model`` was built by ``safeanchor align``.
+
+    That file names the exact pair (aligned = this model, unaligned = its base), so fine-tuning
+    ``embedded:smollm2-135m-safe`` needs no ``unaligned_model`` option.
+    """
+    from ..models import build_info, resolve_model_path
+
+    source = getattr(model, "safeanchor_source", None)
+    if source is None and hasattr(model, "get_base_model"):
+        source = getattr(model.get_base_model(), "safeanchor_source", None)
+    if not source:
+        return None
+    path, gguf = resolve_model_path(source)
+    info = None if gguf is not None else build_info(path)
+    return info.get("base_model") if info else None
+
+
 __all__ = [
     "AlignmentDirectionError", "ModuleAnchor", "active_adapter", "alignment_directions", "build_anchors",
-    "lora_factors", "lora_modules", "read_module_weights",
+    "lora_factors", "lora_modules", "read_module_weights", "unaligned_from_alignment_stage",
 ]

@@ -30,8 +30,9 @@ def train_command(
 
     from ..data import DataError
     from ..methods import RegularizerSetupError
-    from .config import ConfigError, load_config
-    from .trainer import ZeroPenaltyError, train
+    from ..train.config import ConfigError, load_config
+    from ..train.run import train
+    from ..train.trainer import ZeroPenaltyError
 
     try:
         cfg = load_config(config, set_)

@@ -1,5 +1,5 @@
-"""``safeanchor align`` (build a safety-aligned starting model) and ``safeanchor safe-lora``
-(post-hoc Safe LoRA projection of a saved adapter)."""
+"""The recipe and transform commands: ``safeanchor align`` (build a safety-aligned start model) and
+``safeanchor safe-lora`` (post-hoc Safe LoRA projection of a saved adapter)."""
 
 from __future__ import annotations
 
@@ -11,9 +11,6 @@ from rich.console import Console
 from rich.table import Table
 
 console = Console()
-
-SAFE_EMBEDDED = "smollm2-135m-safe"
-
 
 def align(
     base: str = typer.Option("embedded:smollm2-135m-instruct", help="instruct model that does not refuse yet"),
@@ -37,7 +34,7 @@ def align(
 ) -> None:
     """Safety-align BASE with LoRA SFT (harmful -> refusal, harmless -> own answers) plus the refusal-decision
     loss, merge, save, measure."""
-    from .align import DEFAULT_BASE, build_safe_model_atomic
+    from ..pipelines.safety_alignment import BUILD_SECONDS, DEFAULT_BASE, SAFE_EMBEDDED, build_safe_model
 
     if out is None:
         if base != DEFAULT_BASE:
@@ -55,7 +52,9 @@ def align(
     if extra_harmful is not None:
         opts["extra_harmful_source"] = None if extra_harmful.lower() in ("", "none") else extra_harmful
     try:
-        info = build_safe_model_atomic(base, out, force=force, seed=seed, **opts)
+        if base == DEFAULT_BASE and not (out.exists() and any(out.iterdir())):
+            console.print(f"building into {out} (about {BUILD_SECONDS / 60:.0f} min on a 2-core CPU with the defaults)")
+        info = build_safe_model(base, out, force=force, seed=seed, **opts)
     except (FileExistsError, ValueError) as e:
         console.print(f"[red]error:[/red] {e}")
         raise typer.Exit(2)
@@ -80,7 +79,7 @@ def safe_lora(
     device: str = typer.Option("cpu", help="device for the computation"),
 ) -> None:
     """Safe LoRA: project the LoRA modules least aligned with W_aligned - W_unaligned (B <- C B)."""
-    from ..methods.alignment import AlignmentDirectionError
+    from ..methods.weight_direction import AlignmentDirectionError
     from ..methods.asft import unaligned_from_alignment_stage
     from ..methods.safe_lora import MODES, REPORT_FILE, apply_safe_lora, save_projected_adapter
     from ..models import load_model

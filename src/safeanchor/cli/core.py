@@ -17,9 +17,9 @@ def info() -> None:
 
     import torch
 
-    from . import __version__
-    from .data.sources import available_sources
-    from .models import EMBEDDED, cache_dir, embedded_dir, embedded_gguf_path, is_built
+    from .. import __version__
+    from ..data.sources import available_sources
+    from ..models import EMBEDDED, cache_dir, embedded_dir, embedded_gguf_path, is_built
 
     t = Table(title=f"safeanchor {__version__}", show_header=False)
     t.add_row("python", platform.python_version())
@@ -51,7 +51,7 @@ def data_show(
     columns: Optional[str] = typer.Option(None, help="column mapping, e.g. prompt=instruction,response=output"),
 ) -> None:
     """Count the records of SOURCE and print a few."""
-    from .data import DataError, load_source
+    from ..data import DataError, load_source
 
     try:
         records = load_source(source, columns=parse_mapping(columns))

@@ -1,7 +1,4 @@
-"""CLI: ``safeanchor direction`` (extract [+ select]), ``direction auroc``, ``direction steer``, ``drift``.
-
-Heavy imports happen inside the commands so ``safeanchor --help`` stays fast.
-"""
+"""The direction commands: ``safeanchor direction`` (extract [+ select]), ``direction auroc``, ``direction steer``, ``drift``."""
 
 from __future__ import annotations
 
@@ -28,7 +25,7 @@ def _user_errors() -> Iterator[None]:
     """Turn the errors a user can fix (bad data, model, artifact, option) into a red line + exit 2."""
     from ..data import DataError
     from ..families import UnsupportedModelError
-    from .artifact import IncompatibleDirectionError
+    from ..direction.artifact import IncompatibleDirectionError
 
     try:
         yield
@@ -118,8 +115,8 @@ def direction(
         raise typer.Exit(2)
     from ..data import load_source
     from ..report.plots import plot_layer_auroc, plot_selection_scores
-    from .extract import ExtractConfig, extract_direction, layer_auroc
-    from .select import SelectConfig, select_direction
+    from ..direction.extract import ExtractConfig, extract_direction, layer_auroc
+    from ..direction.select import SelectConfig, select_direction
 
     with _user_errors():
         cfg = ExtractConfig(harmful=harmful, harmless=harmless, limit=limit, seed=seed, positions=positions,
@@ -220,8 +217,8 @@ def auroc_command(
     from ..data import load_source
     from ..io import provenance, write_json
     from ..report.plots import plot_layer_auroc
-    from .artifact import RefusalDirection
-    from .extract import layer_auroc
+    from ..direction.artifact import RefusalDirection
+    from ..direction.extract import layer_auroc
 
     with _user_errors():
         rd = RefusalDirection.from_pretrained(direction_dir)
@@ -263,8 +260,8 @@ def steer_command(
 ) -> None:
     """Refusal rates with the direction ablated (harmful prompts) and added (harmless prompts)."""
     from ..io import provenance, write_json
-    from .artifact import RefusalDirection
-    from .steering import steering_check
+    from ..direction.artifact import RefusalDirection
+    from ..direction.steering import steering_check
 
     try:
         coef_value: float | str = float(coef)
@@ -299,7 +296,7 @@ def steer_command(
 def drift_command(
     reference: Path = typer.Option(..., "--reference", "-r", help="reference artifact folder (`safeanchor direction`)"),
     checkpoint: List[str] = typer.Option(..., "--checkpoint", "-c", help="model folder or LoRA adapter folder; repeatable"),
-    out: Path = typer.Option(..., "--out", "-o", help="folder for drift.json and the plots"),
+    out: Path = typer.Option(..., "--out", "-o", help="folder for the drift reports (OUT/<label>/drift.json) and the plots"),
     base: Optional[str] = typer.Option(None, help="base model of LoRA adapter checkpoints (default: the reference's model)"),
     pos: int = typer.Option(-1, help="position reported (offset from the prompt end)"),
     batch_size: Optional[int] = typer.Option(None, help="prompts per forward pass (default: as at extraction)"),
@@ -307,59 +304,58 @@ def drift_command(
 ) -> None:
     """Per-layer cosine between the reference direction and each checkpoint's, same prompts.
 
-    Writes OUT/drift.json, drift_heatmap.png (layers x checkpoints) and drift_lines.png.
+    Writes one drift report per checkpoint, OUT/<label>/drift.json (label: the checkpoint's folder
+    name; the schema of ``safeanchor.direction.drift.drift_report``, as an experiment's
+    06_drift/<run>/drift.json, with every position in cos_by_position), and
+    OUT/drift_heatmap.png (layers x checkpoints) and OUT/drift_lines.png.
     """
     import warnings
 
-    from ..io import provenance, write_json
-    from ..models import model_fingerprint
     from ..report.plots import plot_drift
-    from .artifact import RefusalDirection
-    from .drift import compute_drift, drift_summary, is_adapter_dir, load_checkpoint
+    from ..direction.artifact import RefusalDirection
+    from ..direction.drift import drift_report, is_adapter_dir, load_checkpoint, write_drift
 
-    rows = []
+    reports, paths = [], []
     with _user_errors():
         ref = RefusalDirection.from_pretrained(reference)
-        p = ref.pos_index(pos)
+        ref.pos_index(pos)  # an unknown position fails before any checkpoint is loaded
         base_model = base or ref.info.get("model")
         for ckpt in checkpoint:
+            adapter = is_adapter_dir(ckpt)
             with console.status(f"loading {ckpt}"):
                 m, tok = load_checkpoint(ckpt, base=base_model, precision=precision)
-            t0 = time.perf_counter()
             with console.status(f"re-extracting on {ckpt}"), warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # a checkpoint's fingerprint differs by design
-                cos = compute_drift(ref, m, tok, batch_size=batch_size)  # (P, L)
-            fingerprint = model_fingerprint(m)
-            row = {"checkpoint": ckpt, "label": _label(ckpt, [r["label"] for r in rows]),
-                   "adapter": is_adapter_dir(ckpt), "base": base_model if is_adapter_dir(ckpt) else None,
-                   "fingerprint": fingerprint, "same_weights": fingerprint == ref.info.get("fingerprint"),
-                   "cos": [None if c != c else c for c in cos[p].tolist()], **drift_summary(cos[p]),
-                   "cos_by_position": {str(q): [None if c != c else c for c in cos[i].tolist()]
-                                       for i, q in enumerate(ref.positions)},
-                   "seconds": round(time.perf_counter() - t0, 2)}
-            rows.append(row)
+                report = drift_report(ref, m, tok, reference_path=reference, pos=pos, batch_size=batch_size,
+                                      model_name=base_model if adapter else ckpt, adapter=ckpt if adapter else None,
+                                      by_position=True)
+            report.update(label=_label(ckpt, [r["label"] for r in reports]), checkpoint=ckpt)
+            paths.append(write_drift(out / report["label"], report))
+            reports.append(report)
             del m
-    write_json(out / "drift.json", {"reference": str(reference), "reference_model": ref.info.get("model"),
-                                    "reference_fingerprint": ref.info.get("fingerprint"), "pos": pos,
-                                    "data": ref.info.get("data"), "checkpoints": rows, "provenance": provenance()})
-    heat, lines = plot_drift([r["label"] for r in rows], [r["cos"] for r in rows], out / "drift")
+    heat, lines = plot_drift([r["label"] for r in reports], [r["cos"] for r in reports], out / "drift")
     t = Table(title=f"cos(r_ref, r_ckpt) per layer, position {pos}")
     t.add_column("layer", justify="right")
-    for r in rows:
+    for r in reports:
         t.add_column(r["label"], justify="right")
     for l in ref.layers:
-        t.add_row(str(l), *["—" if r["cos"][l] is None else f"{r['cos'][l]:.4f}" for r in rows])
-    t.add_row("mean", *[f"{r['mean']:.4f}" for r in rows])
-    t.add_row("min", *[f"{r['min']:.4f} (layer {r['argmin']})" for r in rows])
-    if any(c is None for r in rows for c in r["cos"]):
+        t.add_row(str(l), *["—" if r["cos"][l] is None else f"{r['cos'][l]:.4f}" for r in reports])
+    fmt = lambda v, spec: "—" if v is None else format(v, spec)  # noqa: E731
+    t.add_row("mean", *[fmt(r["cos_mean"], ".4f") for r in reports])
+    t.add_row("min", *[fmt(r["cos_min"], ".4f") + ("" if r["cos_argmin"] is None else f" (layer {r['cos_argmin']})")
+                       for r in reports])
+    if any(r["undefined_layers"] for r in reports):
         t.caption = ("—: no direction at this layer (the reference means coincide, e.g. block 0's input at a "
                      "template token is that token's embedding for every prompt); excluded from mean/min")
     console.print(t)
-    console.print(f"wrote [bold]{out / 'drift.json'}[/bold], {heat.name}, {lines.name}")
+    console.print(f"wrote [bold]{', '.join(str(p) for p in paths)}[/bold], {heat.name}, {lines.name}")
 
 
 def _label(ckpt: str, taken: list[str]) -> str:
-    name = Path(ckpt).name or ckpt
+    """The checkpoint's folder name (also the name of its report folder), made unique with #2, #3, ..."""
+    name = Path(ckpt).name
+    if name in ("", ".", ".."):  # "." or "../": name the folder it points at
+        name = Path(ckpt).resolve().name or "checkpoint"
     label, i = name, 2
     while label in taken:
         label, i = f"{name}#{i}", i + 1
