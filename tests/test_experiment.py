@@ -7,7 +7,10 @@ import json
 
 import pytest
 
-from safeanchor.pipelines.experiment import ExperimentConfig, findings, planned_runs, run_experiment
+from safeanchor.configfile import ConfigError
+from safeanchor.methods import Regularizer, method_names
+from safeanchor.pipelines.experiment import ExperimentConfig, planned_runs, run_experiment
+from safeanchor.pipelines.results import findings
 
 
 def tiny_cfg(model_dir, **kw):
@@ -20,13 +23,23 @@ def tiny_cfg(model_dir, **kw):
 
 
 def test_config_validation_and_yaml(tmp_path):
-    with pytest.raises(ValueError, match="methods: unknown \\['nope'\\]"):
+    with pytest.raises(ConfigError, match="methods: unknown method 'nope'"):
         ExperimentConfig(methods=["nope"])
-    with pytest.raises(ValueError, match="scenarios: unknown"):
+    with pytest.raises(ConfigError, match="methods: method 'sft_safety' is now called 'sft_safe'"):
+        ExperimentConfig(methods=["sft_safety"])
+    with pytest.raises(ConfigError, match="scenarios: unknown"):
         ExperimentConfig(scenarios=["evil"])
+    with pytest.raises(ConfigError, match="method_options.procon_wu: unknown config key 'alpah'; did you mean alpha"):
+        ExperimentConfig(method_options={"procon_wu": {"alpah": 2}})
     p = tmp_path / "bench.yaml"
     p.write_text("preset: quick\nseeds: [0, 1]\nbogus_key: 3\n")
-    with pytest.raises(ValueError, match="unknown config key\\(s\\) \\['bogus_key'\\]"):
+    with pytest.raises(ConfigError, match="bench.yaml:3: unknown config key 'bogus_key'"):
+        ExperimentConfig.from_yaml(p)
+    p.write_text("preset: quick\nprocon_alpha_strong: 2.0\n")
+    with pytest.raises(ConfigError, match="bench.yaml:2: config key 'procon_alpha_strong' was renamed: method_options"):
+        ExperimentConfig.from_yaml(p)
+    p.write_text("preset: quick\nseeds: [0, 1\n")
+    with pytest.raises(ConfigError, match="bench.yaml:3: malformed YAML"):
         ExperimentConfig.from_yaml(p)
     p.write_text("preset: quick\nseeds: [0, 1]\n")
     cfg = ExperimentConfig.from_yaml(p)
@@ -96,14 +109,22 @@ def test_bench_configs_load():
     cfgs = {p.stem: ExperimentConfig.from_yaml(p) for p in sorted(folder.glob("*.yaml"))}
     assert set(cfgs) == {"embedded", "llama2_7b"}
     assert len(cfgs["embedded"].methods) == 9 and cfgs["embedded"].scenarios == ["benign", "attack"]
-    assert cfgs["llama2_7b"].safety_samples == 1000 and cfgs["llama2_7b"].procon_warmup == 4.0
+    assert cfgs["llama2_7b"].safety_samples == 1000
+    assert cfgs["llama2_7b"].method_options["procon_wu"]["schedule_length"] == 4.0
+    from safeanchor.pipelines.experiment import train_overrides
+
+    assert train_overrides(cfgs["embedded"], "procon_wu_safe") == {"method": "procon_wu_safe", "alpha": 1.0,
+                                                                  "schedule_length": 0.5}
+    assert train_overrides(cfgs["embedded"], "asft")["regularizer_options"] == {
+        "asft": {"aligned_model": cfgs["embedded"].model, "unaligned_model": cfgs["embedded"].unaligned_model}}
 
 
 def test_full_matrix_both_scenarios_on_tiny_model(tiny_model_dir, tiny_tokenizer, tmp_path):
     """Every method of the bench (AsFT, Safe LoRA, ProCon variants, ...) x benign/attack runs
     through the pipeline: one row per run, each with an eval file and numbers in range."""
     from conftest import make_tiny_llama
-    from safeanchor.pipelines.experiment import METHOD_NAMES
+
+    METHOD_NAMES = method_names(bench=True)
 
     unaligned = tmp_path / "unaligned"  # a different tiny model: AsFT / Safe LoRA need W_aligned != W_unaligned
     make_tiny_llama(len(tiny_tokenizer), seed=1).save_pretrained(unaligned)
@@ -120,3 +141,46 @@ def test_full_matrix_both_scenarios_on_tiny_model(tiny_model_dir, tiny_tokenizer
     attack = json.loads((out / "03_data" / "stage.json").read_text())["files"]["attack"]
     assert attack["harmful_pairs"] >= 1
     assert "bench report" in (out / "report" / "report.md").read_text()
+
+
+class LoRAL2(Regularizer):
+    """A method defined only here: an L2 penalty on the LoRA B factors (a stand-in for a new paper)."""
+
+    name = "lora_l2"
+    needs_hidden_states = False
+    zero_at_start = True  # PEFT initialises B to 0
+
+    def setup(self, trainer):
+        self.params = [p for n, p in trainer.model.named_parameters() if "lora_B" in n]
+        return {"n_params": len(self.params)}
+
+    def __call__(self, model, inputs, outputs):
+        return sum(p.float().pow(2).sum() for p in self.params)
+
+    def state_dict(self):
+        return {}
+
+    def load_state_dict(self, state):
+        pass
+
+
+def test_a_method_added_in_a_test_module_runs_through_the_bench(tiny_model_dir, tmp_path):
+    """One table entry, no other file touched: the new method trains, is evaluated and reported."""
+    from safeanchor.methods import Method, register_method, unregister_method
+
+    register_method(Method("lora_l2", "LoRA-L2 (test)", "regularizer", component="lora_l2",
+                           factory=lambda config: LoRAL2(), coefficient="β", default=0.25))
+    try:
+        assert "lora_l2" in method_names(bench=True)  # it appears in the default bench matrix
+        cfg = tiny_cfg(tiny_model_dir, methods=["start", "lora_l2"], eval_limit=2, task_eval_samples=2,
+                       max_new_tokens=2, task_max_new_tokens=2)
+        results = run_experiment(cfg, tmp_path / "bench", kind="bench")
+    finally:
+        unregister_method("lora_l2")
+    rows = [r for r in results["runs"] if r["method"] == "lora_l2"]
+    assert len(rows) == 1 and 0.0 <= rows[0]["asr"] <= 1.0
+    steps = rows[0]["train_log"]
+    assert steps and all(s["lora_l2/coef"] == 0.25 for s in steps) and steps[-1]["lora_l2/raw"] > 0
+    saved = (tmp_path / "bench" / "04_train" / "lora_l2-benign-s0" / "train_config.yaml").read_text()
+    assert "alpha: 0.25" in saved and "method: lora_l2" in saved
+    assert "| lora_l2 |" in (tmp_path / "bench" / "report" / "report.md").read_text()

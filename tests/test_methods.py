@@ -119,7 +119,7 @@ def test_coefficient_zero_equals_sft(tmp_path, tiny_tokenizer, data, case):
 
     assert len(method_run.steps) == len(sft_run.steps) == (8 if case.safety_data else 6)
     if case.method == "safe_lora":  # training is SFT's; the transform ran after it
-        assert (tmp_path / "method" / "safe_lora_report.json").is_file()
+        assert (method_run.output_dir / "safe_lora_report.json").is_file() and method_run.post_hoc
     assert [s["ce"] for s in method_run.steps] == [s["ce"] for s in sft_run.steps]
     assert [s["loss"] for s in method_run.steps] == [s["loss"] for s in sft_run.steps]
     for name in case.regularizers:

