@@ -1,0 +1,1 @@
+"""Reports: results tables, plots and the HTML / Markdown report of an experiment."""
