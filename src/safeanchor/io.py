@@ -52,7 +52,7 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 
 def atomic_dir(target: str | Path, build: Callable[[Path], T], *, if_exists: str = "error",
-               tmp_name: str | None = None) -> T | None:
+               tmp_name: str | None = None, resume: bool = False) -> T | None:
     """Run ``build(tmp)`` in a fresh sibling folder, then rename it to ``target``; return what it returned.
 
     The one routine for every folder artifact (a converted model, a built start model, a stage of
@@ -62,6 +62,8 @@ def atomic_dir(target: str | Path, build: Callable[[Path], T], *, if_exists: str
     only after the new one is complete) or ``keep`` (a concurrent builder finished first: ours is
     discarded and None returned). ``tmp_name``: a fixed temp name (removed first if an interrupted
     attempt left it), so paths recorded inside the artifact are predictable; default a unique one.
+    ``resume`` (with ``tmp_name``): a build that resumes its own work (a recipe of stages) keeps
+    the temp folder on failure and finds it again on the next call.
 
     >>> import tempfile
     >>> root = Path(tempfile.mkdtemp())
@@ -72,16 +74,19 @@ def atomic_dir(target: str | Path, build: Callable[[Path], T], *, if_exists: str
     """
     if if_exists not in IF_EXISTS:
         raise ValueError(f"if_exists must be one of {', '.join(IF_EXISTS)}; got {if_exists!r}")
+    if resume and tmp_name is None:
+        raise ValueError("resume needs a fixed tmp_name to find the unfinished build again")
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     if tmp_name is not None:
         tmp = target.parent / tmp_name
-        if tmp.exists():
+        if tmp.exists() and not resume:
             shutil.rmtree(tmp)
-        tmp.mkdir()
+        tmp.mkdir(exist_ok=resume)
     else:
         tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{target.name}-", dir=target.parent))
     old: Path | None = None
+    done = False
     try:
         result = build(tmp)
         if target.exists():
@@ -92,9 +97,10 @@ def atomic_dir(target: str | Path, build: Callable[[Path], T], *, if_exists: str
             old = target.parent / f".old-{target.name}-{os.getpid()}"
             os.rename(target, old)
         os.rename(tmp, target)
+        done = True
         return result
     finally:
-        if tmp.exists():
+        if tmp.exists() and (done or not resume):
             shutil.rmtree(tmp, ignore_errors=True)
         if old is not None and old.exists():
             shutil.rmtree(old, ignore_errors=True)

@@ -46,7 +46,9 @@ def _run_row(cfg, out: Path, method: str, scenario: str, seed: int, name: str) -
     if tlog.is_file():
         row["train_log"] = [{k: v for k, v in st.items() if k == "step" or k == "ce" or k.endswith(("/raw", "/coef"))}
                             for st in read_json(tlog)["steps"]]
-        row["train_s"] = read_json(out / "04_train" / name / "stage.json").get("train_s")
+        stage = read_json(out / "04_train" / name / "stage.json")
+        row["train_s"] = stage.get("train_s")
+        row["alpha"] = stage.get("alpha")  # the coefficient the run used (resolved in its train_config.yaml)
     return row
 
 

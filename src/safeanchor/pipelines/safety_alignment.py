@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import tempfile
 import time
@@ -36,7 +35,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from ..io import read_json, write_json
+from ..io import atomic_dir, read_json, write_json
 from ..models import BUILD_INFO_FILE
 from .alignment_steps import (AlignConfig, DEFAULT_BASE, alignment_features, build_training_records, refusal_eval,
                               train_adapter, training_config)
@@ -167,26 +166,22 @@ def build_safe_model(base: str = DEFAULT_BASE, out_dir: str | Path = "runs/safe-
         raise FileExistsError(f"{out} already exists{' (a built model)' if is_built(out) else ''}; "
                               "pass force=True (--force) to rebuild it")
     out.parent.mkdir(parents=True, exist_ok=True)
-    work = out.parent / f".{out.name}.partial"
+    partial = f".{out.name}.partial"
     wanted = {"recipe": RECIPE, "base_model": base, "config": json.loads(json.dumps(asdict(cfg)))}
-    marker = work / STAGE_DIR / PARTIAL_CONFIG
-    if work.exists():
+    marker = out.parent / partial / STAGE_DIR / PARTIAL_CONFIG
+    if marker.parent.parent.exists():
         if marker.is_file() and read_json(marker) == wanted:
-            log.info("resuming the alignment build in %s", work)
+            log.info("resuming the alignment build in %s", marker.parent.parent)
         else:
-            log.warning("%s holds an unfinished build with other settings; starting over", work)
-            shutil.rmtree(work)
-    (work / STAGE_DIR).mkdir(parents=True, exist_ok=True)
-    write_json(marker, wanted)
-    info = run_stages(base, work, cfg)
-    old: Path | None = None
-    if out.exists():
-        old = out.parent / f".old-{out.name}-{os.getpid()}"
-        os.rename(out, old)
-    os.rename(work, out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-    return info
+            log.warning("%s holds an unfinished build with other settings; starting over", marker.parent.parent)
+            shutil.rmtree(marker.parent.parent)
+
+    def build(work: Path) -> dict[str, Any]:
+        (work / STAGE_DIR).mkdir(parents=True, exist_ok=True)
+        write_json(work / STAGE_DIR / PARTIAL_CONFIG, wanted)
+        return run_stages(base, work, cfg)
+
+    return atomic_dir(out, build, if_exists="replace", tmp_name=partial, resume=True)
 
 
 build_safe_model_atomic = build_safe_model  # the name the CLI used; the build is always atomic now

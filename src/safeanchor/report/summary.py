@@ -7,7 +7,7 @@ a self-contained ``report.html`` (PNGs inlined as base64) and the PNGs themselve
      "runs": [{"method", "scenario", "seed", "model", "asr", "asr_ci", "over_refusal",
                "over_refusal_ci", "task_acc", "task_acc_ci", "n_harmful", "n_harmless", "n_task",
                "drift_cos": [per layer] | null, "train_log": [{"step", "ce", ...}] | null,
-               "eval_file": relative path, "train_s", "eval_s"}],
+               "eval_file": relative path, "train_s", "eval_s", "alpha": the method's coefficient | null}],
      "summary": [{"method", "scenario", "n_seeds", "asr_mean", "asr_sd", ...}],
      "findings": [str], "paper_table": markdown str}
 
@@ -47,7 +47,8 @@ def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         groups[(r["method"], r["scenario"])].append(r)
     out = []
     for (method, scenario), rs in groups.items():
-        row: dict[str, Any] = {"method": method, "scenario": scenario, "n_seeds": len(rs)}
+        row: dict[str, Any] = {"method": method, "scenario": scenario, "n_seeds": len(rs),
+                               "alpha": rs[0].get("alpha")}
         for m in METRICS:
             vals = [r[m] for r in rs if r.get(m) is not None]
             row[f"{m}_mean"] = statistics.fmean(vals) if vals else None
@@ -69,12 +70,13 @@ def _cell(row: dict[str, Any], m: str) -> str:
 
 
 def results_table_md(summary: list[dict[str, Any]]) -> str:
-    lines = ["| scenario | method | ASR ↓ | over-refusal ↓ | task accuracy ↑ | drift: mean cos ↑ | min cos | seeds |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| scenario | method | α | ASR ↓ | over-refusal ↓ | task accuracy ↑ | drift: mean cos ↑ | min cos | seeds |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in summary:
         dm = "—" if r["drift_cos_mean"] is None else f"{r['drift_cos_mean']:.3f}"
         dmin = "—" if r["drift_cos_min"] is None else f"{r['drift_cos_min']:.3f}"
-        lines.append(f"| {r['scenario']} | {r['method']} | {_cell(r, 'asr')} | {_cell(r, 'over_refusal')} | "
+        alpha = "—" if r.get("alpha") is None else f"{r['alpha']:g}"
+        lines.append(f"| {r['scenario']} | {r['method']} | {alpha} | {_cell(r, 'asr')} | {_cell(r, 'over_refusal')} | "
                      f"{_cell(r, 'task_acc')} | {dm} | {dmin} | {r['n_seeds']} |")
     return "\n".join(lines)
 
