@@ -184,3 +184,12 @@ def test_a_method_added_in_a_test_module_runs_through_the_bench(tiny_model_dir, 
     saved = (tmp_path / "bench" / "04_train" / "lora_l2-benign-s0" / "train_config.yaml").read_text()
     assert "alpha: 0.25" in saved and "method: lora_l2" in saved
     assert "| lora_l2 |" in (tmp_path / "bench" / "report" / "report.md").read_text()
+
+
+def test_every_run_config_is_validated_before_any_work(tiny_model_dir, tmp_path):
+    """A bad method option fails at once, naming the method, before the first stage runs."""
+    cfg = tiny_cfg(tiny_model_dir, methods=["start", "procon_wu"], method_options={"procon_wu": {"alpha": -1}})
+    out = tmp_path / "bad"
+    with pytest.raises(ConfigError, match=r"method procon_wu: alpha must be a finite number >= 0.*method_options\.procon_wu"):
+        run_experiment(cfg, out)
+    assert not (out / "01_start").exists() and not (out / "experiment.json").exists()
