@@ -101,6 +101,9 @@ def test_stale_safe_build_is_rebuilt_by_the_recipe_not_the_loader(tmp_path, monk
     """The recipe check sits next to the build: ensure_safe_start_model rebuilds a build of an older
     recipe (replacing it only when the new one is done) and reuses a current one; load_model loads
     whatever is cached."""
+    import json
+    from dataclasses import asdict
+
     from safeanchor.pipelines import safety_alignment as align
 
     monkeypatch.setenv("SAFEANCHOR_CACHE", str(tmp_path))
@@ -116,7 +119,7 @@ def test_stale_safe_build_is_rebuilt_by_the_recipe_not_the_loader(tmp_path, monk
     def fake_build(base, out, *, force=False, **opts):
         calls.append((base, out, force))
         (out / "model.safetensors").write_bytes(b"new")
-        (out / models.BUILD_INFO_FILE).write_text(f'{{"recipe": "{align.RECIPE}"}}')
+        (out / models.BUILD_INFO_FILE).write_text(json.dumps({"recipe": align.RECIPE, "config": asdict(align.AlignConfig())}))
 
     monkeypatch.setattr(align, "build_safe_model", fake_build)
     assert align.ensure_safe_start_model() == target
@@ -131,8 +134,18 @@ def test_recipe_marker(tmp_path):
     assert not is_current(tmp_path)  # no alignment.json: an old or foreign build
     (tmp_path / models.BUILD_INFO_FILE).write_text('{"recipe": "align-1"}')
     assert not is_current(tmp_path)
+    import json
+    from dataclasses import asdict
+
+    from safeanchor.pipelines.safety_alignment import AlignConfig
+
     (tmp_path / models.BUILD_INFO_FILE).write_text(f'{{"recipe": "{RECIPE}"}}')
-    assert is_current(tmp_path)
+    assert not is_current(tmp_path)  # no settings recorded: not known to be the default build
+    defaults = json.loads(json.dumps(asdict(AlignConfig(device="cpu", progress=False))))
+    (tmp_path / models.BUILD_INFO_FILE).write_text(json.dumps({"recipe": RECIPE, "config": defaults}))
+    assert is_current(tmp_path)  # runtime fields (device, progress) do not matter
+    (tmp_path / models.BUILD_INFO_FILE).write_text(json.dumps({"recipe": RECIPE, "config": {**defaults, "epochs": 1}}))
+    assert not is_current(tmp_path)  # a build with other options is not the embedded model
 
 
 def test_unknown_embedded_name():

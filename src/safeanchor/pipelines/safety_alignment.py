@@ -187,12 +187,25 @@ def build_safe_model(base: str = DEFAULT_BASE, out_dir: str | Path = "runs/safe-
 build_safe_model_atomic = build_safe_model  # the name the CLI used; the build is always atomic now
 
 
+# AlignConfig fields that say how a build ran, not what it built
+RUNTIME_FIELDS = ("device", "precision", "progress", "generate_batch_size")
+
+
+def recipe_settings(config: dict[str, Any]) -> dict[str, Any]:
+    """The settings that define a build (JSON-normalised, without the runtime fields)."""
+    return {k: v for k, v in json.loads(json.dumps(config)).items() if k not in RUNTIME_FIELDS}
+
+
 def is_current(path: str | Path) -> bool:
-    """Whether the model folder ``path`` was built by this recipe version (``RECIPE``)."""
+    """Whether the model folder ``path`` was built by this recipe version (``RECIPE``) with its
+    default settings, i.e. is what ``embedded:smollm2-135m-safe`` names. A build with other
+    options (``safeanchor align --epochs 1``) is not: the demo rebuilds it rather than use it."""
     from ..models import build_info
 
     info = build_info(path)
-    return bool(info) and info.get("recipe") == RECIPE
+    if not info or info.get("recipe") != RECIPE:
+        return False
+    return recipe_settings(info.get("config") or {}) == recipe_settings(asdict(AlignConfig()))
 
 
 def ensure_safe_start_model(*, console: Any = None) -> Path:
