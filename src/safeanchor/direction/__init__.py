@@ -1,4 +1,5 @@
-"""The refusal direction (Arditi et al. 2024; ProCon's r^(l)) as a recipe of numbered stages:
+"""The refusal direction (Arditi et al. 2024; ProCon's r^(l)): extraction, selection, steering, drift.
+
 
 1. :mod:`.extract`  -- difference in means of block inputs, every layer (``safeanchor direction``)
 2. :mod:`.select`   -- optional Arditi selection of one (layer, position) (``--select``)
@@ -27,6 +28,9 @@ _EXPORTS = {
     "select_direction": "select",
     "steering_check": "steering",
     "compute_drift": "drift",
+    "drift_report": "drift",
+    "read_drift": "drift",
+    "write_drift": "drift",
     "DriftCallback": "callback",
 }
 
