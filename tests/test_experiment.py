@@ -32,6 +32,12 @@ def test_config_validation_and_yaml(tmp_path):
     with pytest.raises(ConfigError, match="method_options.procon_wu: unknown config key 'alpah'; did you mean alpha"):
         ExperimentConfig(method_options={"procon_wu": {"alpah": 2}})
     p = tmp_path / "bench.yaml"
+    p.write_text("preset: quick\nbatch_size: eight\n")
+    with pytest.raises(ConfigError, match="bench.yaml:2: batch_size must be int; got 'eight'"):
+        ExperimentConfig.from_yaml(p)
+    p.write_text("preset: quick\nlearning_rate: -1\n")
+    with pytest.raises(ConfigError, match="bench.yaml:2: learning_rate must be > 0"):
+        ExperimentConfig.from_yaml(p)
     p.write_text("preset: quick\nseeds: [0, 1]\nbogus_key: 3\n")
     with pytest.raises(ConfigError, match="bench.yaml:3: unknown config key 'bogus_key'"):
         ExperimentConfig.from_yaml(p)

@@ -111,6 +111,21 @@ def test_bad_values_name_the_field(override, message):
         load_config(None, ["method=procon", "alpha_schedule=warmup", "report_to=none"])
 
 
+@pytest.mark.parametrize("override, message", [
+    ("num_train_epochs=0", "num_train_epochs must be a number > 0; got 0"),
+    ("num_train_epochs=-2", "num_train_epochs must be a number > 0"),
+    ("gradient_accumulation_steps=0", "gradient_accumulation_steps must be an integer >= 1; got 0"),
+    ("per_device_train_batch_size=eight", "per_device_train_batch_size must be an integer >= 1; got 'eight'"),
+    ("per_device_train_batch_size=0", "per_device_train_batch_size must be an integer >= 1"),
+    ("learning_rate=-1", "learning_rate must be a number > 0; got -1"),
+    ("max_steps=0", "max_steps must be -1"),
+    ("warmup_steps=-3", "warmup_steps must be a number >= 0"),
+])
+def test_training_arguments_are_checked_before_any_work(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, [override, "report_to=none"])
+
+
 def test_alpha_is_resolved_once_and_saved():
     """The method's default coefficient and schedule are filled in at config time."""
     cfg = load_config(None, ["method=procon_wu_safe", "report_to=none"])

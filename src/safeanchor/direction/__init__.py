@@ -1,6 +1,5 @@
 """The refusal direction (Arditi et al. 2024; ProCon's r^(l)): extraction, selection, steering, drift.
 
-
 1. :mod:`.extract`  -- difference in means of block inputs, every layer (``safeanchor direction``)
 2. :mod:`.select`   -- optional Arditi selection of one (layer, position) (``--select``)
 3. :mod:`.steering` -- ablate / add the direction and count refusals (``safeanchor direction steer``)

@@ -26,7 +26,7 @@ from typing import Any
 
 from rich.console import Console
 
-from ..configfile import ConfigError, check_keys, located, read_mapping
+from ..configfile import ConfigError, check_keys, check_types, located, read_mapping
 from ..io import read_json, write_json
 from ..methods import get_method, method_names
 from .attack_data import attack_pairs
@@ -118,6 +118,17 @@ class ExperimentConfig:
                 check_keys(opts, keys, where=f"method_options.{m}")
             except ConfigError as e:
                 raise ConfigError(str(e)) from None
+        check_types(self)
+        for name in ("epochs", "learning_rate"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name} must be > 0; got {getattr(self, name)!r}")
+        for name in ("lora_r", "lora_alpha", "gen_batch_size", "task_max_new_tokens"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1; got {getattr(self, name)!r}")
+        if self.eval_limit is not None and self.eval_limit < 1:
+            raise ConfigError(f"eval_limit must be null (all) or >= 1; got {self.eval_limit!r}")
+        if self.safety_samples < 1 and any(get_method(m).safety_data for m in self.methods):
+            raise ConfigError("safety_samples must be >= 1: a method mixes in safety data")
         bad = [s for s in self.scenarios if s not in SCENARIOS]
         if bad or not self.scenarios:
             raise ConfigError(f"scenarios: unknown {bad}; allowed: {', '.join(SCENARIOS)}")

@@ -149,6 +149,7 @@ class SafeTrainingConfig(TrainingArguments):
             if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
                                       or not math.isfinite(value) or value < 0):
                 raise ConfigError(f"{name} must be a finite number >= 0; got {value!r}")
+        _check_training_arguments(self)
         if self.remove_unused_columns:
             raise ConfigError("remove_unused_columns must be False: batches carry sample_idx (anchors are keyed by it)")
         if self.fp16 or self.bf16:
@@ -244,6 +245,36 @@ def _plain(v: Any) -> Any:
     if v is None or isinstance(v, (bool, int, float, str)):
         return v
     return str(v)
+
+
+def _number(name: str, value: Any, *, low: float, strict: bool = False, integer: bool = False) -> None:
+    kind = "an integer" if integer else "a number"
+    ok = not isinstance(value, bool) and isinstance(value, int if integer else (int, float)) and math.isfinite(value)
+    ok = ok and (value > low if strict else value >= low)
+    if not ok:
+        raise ConfigError(f"{name} must be {kind} {'>' if strict else '>='} {low:g}; got {value!r}")
+
+
+def _check_training_arguments(cfg) -> None:
+    """Type and range of the TrainingArguments fields a run depends on, before any work (HF
+    checks few of them, and a bad one fails deep in a DataLoader or trains 0 steps)."""
+    for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
+        _number(name, getattr(cfg, name), low=1, integer=True)
+    _number("learning_rate", cfg.learning_rate, low=0, strict=True)
+    _number("weight_decay", cfg.weight_decay, low=0)
+    _number("max_grad_norm", cfg.max_grad_norm, low=0)
+    _number("warmup_steps", cfg.warmup_steps, low=0)
+    ratio = getattr(cfg, "warmup_ratio", None)  # gone in transformers 5 (warmup_steps < 1 is a ratio there)
+    if ratio is not None and (isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 <= ratio < 1):
+        raise ConfigError(f"warmup_ratio must be a number in [0, 1); got {ratio!r}")
+    if isinstance(cfg.max_steps, bool) or not isinstance(cfg.max_steps, int) or (cfg.max_steps < 1 and cfg.max_steps != -1):
+        raise ConfigError(f"max_steps must be -1 (train num_train_epochs) or an integer >= 1; got {cfg.max_steps!r}")
+    if cfg.max_steps == -1:
+        _number("num_train_epochs", cfg.num_train_epochs, low=0, strict=True)
+    _number("logging_steps", cfg.logging_steps, low=0, strict=True)
+    _number("save_steps", cfg.save_steps, low=0, strict=True)
+    if isinstance(cfg.seed, bool) or not isinstance(cfg.seed, int):
+        raise ConfigError(f"seed must be an integer; got {cfg.seed!r}")
 
 
 def _one_of(name: str, value: Any, allowed: Sequence[str]) -> None:
