@@ -8,11 +8,34 @@ transformers) happen inside the commands so ``safeanchor --help`` stays fast.
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 import typer
 
-app = typer.Typer(
+def user_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions that mean a user mistake (a bad config, data file, path or folder): one message, no traceback."""
+    from ..configfile import ConfigError
+    from ..data import DataError
+    from ..methods.base import RegularizerSetupError
+
+    return (ConfigError, DataError, RegularizerSetupError, FileExistsError, FileNotFoundError)
+
+
+class _App(typer.Typer):
+    """The Typer app; a user mistake prints one clear line and exits 2 (``SAFEANCHOR_DEBUG=1``: the traceback)."""
+
+    def __call__(self, *args, **kwargs):
+        try:
+            return super().__call__(*args, **kwargs)
+        except Exception as e:
+            if os.environ.get("SAFEANCHOR_DEBUG") or not isinstance(e, user_errors()):
+                raise
+            typer.secho(f"error: {e}", fg="red", err=True)
+            sys.exit(2)
+
+
+app = _App(
     name="safeanchor",
     help="Fine-tune chat LLMs without losing their safety: refusal direction, ProCon, AsFT, Safe LoRA, evaluation.",
     no_args_is_help=True,
