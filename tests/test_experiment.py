@@ -22,6 +22,20 @@ def tiny_cfg(model_dir, **kw):
     return ExperimentConfig(**base)
 
 
+@pytest.mark.parametrize("text, message", [
+    ("preset: quick\nbatch_size: eight\n", "bench.yaml:2: batch_size must be int; got 'eight'"),
+    ("preset: quick\nlearning_rate: -1\n", "bench.yaml:2: learning_rate must be > 0"),
+    ("preset: quick\nseeds: [0, 1]\nbogus_key: 3\n", "bench.yaml:3: unknown config key 'bogus_key'"),
+    ("preset: quick\nprocon_alpha_strong: 2.0\n", "bench.yaml:2: config key 'procon_alpha_strong' was renamed: method_options"),
+    ("preset: quick\nseeds: [0, 1\n", "bench.yaml:3: malformed YAML"),
+])
+def test_bad_bench_yaml_names_file_line_and_key(tmp_path, text, message):
+    p = tmp_path / "bench.yaml"
+    p.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        ExperimentConfig.from_yaml(p)
+
+
 def test_config_validation_and_yaml(tmp_path):
     with pytest.raises(ConfigError, match="methods: unknown method 'nope'"):
         ExperimentConfig(methods=["nope"])
@@ -32,21 +46,6 @@ def test_config_validation_and_yaml(tmp_path):
     with pytest.raises(ConfigError, match="method_options.procon_wu: unknown config key 'alpah'; did you mean alpha"):
         ExperimentConfig(method_options={"procon_wu": {"alpah": 2}})
     p = tmp_path / "bench.yaml"
-    p.write_text("preset: quick\nbatch_size: eight\n")
-    with pytest.raises(ConfigError, match="bench.yaml:2: batch_size must be int; got 'eight'"):
-        ExperimentConfig.from_yaml(p)
-    p.write_text("preset: quick\nlearning_rate: -1\n")
-    with pytest.raises(ConfigError, match="bench.yaml:2: learning_rate must be > 0"):
-        ExperimentConfig.from_yaml(p)
-    p.write_text("preset: quick\nseeds: [0, 1]\nbogus_key: 3\n")
-    with pytest.raises(ConfigError, match="bench.yaml:3: unknown config key 'bogus_key'"):
-        ExperimentConfig.from_yaml(p)
-    p.write_text("preset: quick\nprocon_alpha_strong: 2.0\n")
-    with pytest.raises(ConfigError, match="bench.yaml:2: config key 'procon_alpha_strong' was renamed: method_options"):
-        ExperimentConfig.from_yaml(p)
-    p.write_text("preset: quick\nseeds: [0, 1\n")
-    with pytest.raises(ConfigError, match="bench.yaml:3: malformed YAML"):
-        ExperimentConfig.from_yaml(p)
     p.write_text("preset: quick\nseeds: [0, 1]\n")
     cfg = ExperimentConfig.from_yaml(p)
     assert cfg.seeds == [0, 1] and cfg.train_samples == 64
