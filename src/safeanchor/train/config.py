@@ -391,7 +391,9 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
             node = node[k]
         node[keys[-1]] = value
         lines.pop(keys[0], None)  # an overridden key's error is about the override, not the file's line
-    return config_from_dict(data, where=where if not overrides else f"{where} (with --set overrides)", lines=lines)
+    if overrides and path is not None:
+        where = f"{where} (with --set overrides)"
+    return config_from_dict(data, where=where, lines=lines)
 
 
 __all__ = ["ConfigError", "SafeTrainingConfig", "config_from_dict", "config_keys", "load_config", "parse_override"]
