@@ -144,10 +144,28 @@ def save_tensors(path: str | Path, tensors: Mapping[str, Any], metadata: Mapping
     atomic_write_bytes(path, data)
 
 
-def load_tensors(path: str | Path) -> dict[str, Any]:
+class ArtifactError(ValueError):
+    """A file safeanchor wrote (or should have) is missing, truncated, corrupt or holds non-finite values."""
+
+
+def load_tensors(path: str | Path, *, check_finite: bool = True) -> dict[str, Any]:
+    """Load a safetensors file; a missing, truncated or corrupt file, or a non-finite float tensor,
+    is an :class:`ArtifactError` naming the file (and the tensor)."""
+    import torch
     from safetensors.torch import load_file
 
-    return load_file(str(path))
+    path = Path(path)
+    if not path.is_file():
+        raise ArtifactError(f"{path}: file not found")
+    try:
+        tensors = load_file(str(path))
+    except Exception as e:  # safetensors raises its own error type, naming no file
+        raise ArtifactError(f"{path}: not a readable safetensors file (truncated or corrupt?): {e}") from None
+    if check_finite:
+        for name, t in tensors.items():
+            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                raise ArtifactError(f"{path}: tensor {name!r} holds non-finite values (NaN or inf)")
+    return tensors
 
 
 def provenance(**extra: Any) -> dict[str, Any]:

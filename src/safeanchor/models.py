@@ -233,7 +233,32 @@ def resolve_model_path(name_or_path: str) -> tuple[str, str | None]:
         if not (p / "config.json").is_file():
             raise FileNotFoundError(f"{p} is not a model folder (no config.json)")
         return str(p), None
+    if looks_like_path(name_or_path):
+        raise FileNotFoundError(f"model folder not found: {p} (a local path; it is not looked up on the hub)")
+    if _offline() and not _in_hub_cache(name_or_path):
+        raise FileNotFoundError(f"{name_or_path!r} is neither a local folder nor in the Hugging Face cache, and the hub "
+                                "is offline (HF_HUB_OFFLINE=1); download it once or pass a local folder")
     return name_or_path, None  # a hub id; works offline when it is in the HF cache
+
+
+def looks_like_path(name: str) -> bool:
+    """A local path rather than a hub id (``org/name``): absolute, ``./`` / ``../`` / ``~``, Windows
+    separators, or more than one ``/``."""
+    return (name.startswith(("/", "./", "../", "~", ".\\")) or "\\" in name or name.count("/") > 1
+            or name in (".", ".."))
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+
+
+def _in_hub_cache(repo_id: str) -> bool:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+    except Exception:  # an invalid repo id: not in the cache either
+        return False
 
 
 def load_tokenizer(name_or_path: str, *, trust_remote_code: bool = False):
@@ -293,6 +318,7 @@ def load_model(
         if (ad.exists() or ad.is_absolute() or str(adapter).startswith(".")) and not (ad / "adapter_config.json").is_file():
             raise FileNotFoundError(f"adapter {adapter}: no adapter_config.json there (expected a folder written by "
                                     "save_pretrained of a PEFT model, e.g. a safeanchor train output_dir)")
+        check_adapter_base(adapter, path)
         model = PeftModel.from_pretrained(model, adapter)
     model.to(device)
     model.eval()
@@ -300,6 +326,29 @@ def load_model(
     model.safeanchor_precision = prec
     tok = load_tokenizer(name_or_path, trust_remote_code=trust_remote_code)
     return model, tok
+
+
+def check_adapter_base(adapter: str, base_path: str) -> None:
+    """An adapter applied to another base than the one it was trained on is an error, and so is an
+    adapter folder without weights. (PEFT records the base as ``base_model_name_or_path``.)"""
+    folder = Path(adapter).expanduser()
+    cfg_file = folder / "adapter_config.json"
+    if not cfg_file.is_file():
+        return  # a hub adapter id: PEFT resolves it
+    if not any(folder.glob("adapter_model.*")):
+        raise FileNotFoundError(f"adapter {folder}: adapter_config.json but no adapter_model.safetensors "
+                                "(an interrupted save?)")
+    try:
+        recorded = json.loads(cfg_file.read_text(encoding="utf-8")).get("base_model_name_or_path")
+    except ValueError:
+        raise FileNotFoundError(f"adapter {cfg_file}: not valid JSON") from None
+    if not recorded:
+        return
+    same = recorded == base_path or (Path(recorded).expanduser().exists() and Path(base_path).exists()
+                                     and Path(recorded).expanduser().resolve() == Path(base_path).resolve())
+    if not same:
+        raise ValueError(f"adapter {folder} was trained on {recorded}, not on {base_path}; load it onto the model it "
+                         "was trained on")
 
 
 def model_precision(model) -> Precision:

@@ -26,6 +26,12 @@ class _App(typer.Typer):
     """The Typer app; a user mistake prints one clear line and exits 2 (``SAFEANCHOR_DEBUG=1``: the traceback)."""
 
     def __call__(self, *args, **kwargs):
+        import signal
+
+        def stop(signum, frame):  # SIGTERM stops like Ctrl-C: temp folders are removed on the way out
+            raise KeyboardInterrupt(f"signal {signum}")
+
+        signal.signal(signal.SIGTERM, stop)
         try:
             return super().__call__(*args, **kwargs)
         except Exception as e:

@@ -106,6 +106,9 @@ class SafeTrainingConfig(TrainingArguments):
     drift_harmless: str = field(default="bundled:harmless:val", metadata={"help": "harmless prompts for drift monitoring"})
     drift_samples: int = field(default=32, metadata={"help": "prompts per side for drift monitoring"})
     progress: bool = field(default=True, metadata={"help": "rich progress display in the terminal"})
+    overwrite_output_dir: bool = field(default=False, metadata={
+        "help": "train into an output_dir that already holds a finished run (train_report.json), replacing it; "
+                "without it that is an error"})
 
     # ---- TrainingArguments defaults changed for this library -----------------------------------
     output_dir: str | None = field(default="runs/train", metadata={"help": "where the adapter/model, logs and checkpoints go"})
@@ -225,6 +228,29 @@ class SafeTrainingConfig(TrainingArguments):
                 continue
             d[f.name] = _plain(getattr(self, f.name))
         return d
+
+
+# The config keys that change what a run computes: a resume must match the checkpoint's on every one,
+# and a finished run in the output folder is "the same run" only when all of them agree.
+RESULT_KEYS = (
+    "model", "precision", "train_data", "train_columns", "max_train_samples", "max_length", "padding_side",
+    "method", "alpha", "alpha_schedule", "alpha_after", "schedule_length", "schedule_unit", "regularizer_options",
+    "safety_samples", "safety_harmful", "safety_refusals", "safety_seed", "use_lora", "lora_r", "lora_alpha",
+    "lora_dropout", "lora_target_modules", "learning_rate", "per_device_train_batch_size",
+    "gradient_accumulation_steps", "num_train_epochs", "max_steps", "seed", "lr_scheduler_type", "warmup_steps",
+    "weight_decay", "optim", "max_grad_norm",
+)
+
+
+def result_settings(config_dict: dict[str, Any]) -> dict[str, Any]:
+    """The :data:`RESULT_KEYS` of a resolved config dict (``to_yaml_dict()`` or a saved train_config.yaml)."""
+    return {k: config_dict.get(k) for k in RESULT_KEYS}
+
+
+def setting_differences(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """``key: saved -> now`` for every result-changing setting that differs."""
+    a, b = result_settings(saved), result_settings(now)
+    return [f"{k}: {a[k]!r} -> {b[k]!r}" for k in RESULT_KEYS if a[k] != b[k]]
 
 
 def _methods_with_coefficient() -> list[str]:
@@ -396,4 +422,5 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
     return config_from_dict(data, where=where, lines=lines)
 
 
-__all__ = ["ConfigError", "SafeTrainingConfig", "config_from_dict", "config_keys", "load_config", "parse_override"]
+__all__ = ["ConfigError", "RESULT_KEYS", "SafeTrainingConfig", "config_from_dict", "config_keys", "load_config",
+           "parse_override", "result_settings", "setting_differences"]

@@ -76,6 +76,34 @@ def drift_callbacks(config, model, tokenizer) -> list[TrainerCallback]:
     return [DriftCallback.from_config(config, model, tokenizer)]
 
 
+def check_output_dir(config) -> None:
+    """Before any work: the output folder is writable, and does not hold a finished run (its
+    ``train_report.json``) unless ``overwrite_output_dir`` or this is a resume."""
+    import os
+
+    import yaml
+
+    from .config import setting_differences
+
+    out = Path(config.output_dir)
+    finished = out / "train_report.json"
+    if finished.is_file() and not config.overwrite_output_dir and not config.resume_from_checkpoint:
+        try:
+            saved = yaml.safe_load((out / "train_config.yaml").read_text(encoding="utf-8")) or {}
+        except (OSError, yaml.YAMLError):
+            saved = {}
+        diffs = setting_differences(saved, config.to_yaml_dict())
+        what = f"another run (differs in: {'; '.join(diffs)})" if diffs else "this same run, finished"
+        raise FileExistsError(f"{out} already holds {what}; nothing was changed. Choose another output_dir, or set "
+                              "overwrite_output_dir=true to replace it")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise FileNotFoundError(f"output_dir {out} cannot be created ({e.strerror})") from None
+    if not os.access(out, os.W_OK):
+        raise FileExistsError(f"output_dir {out} is not writable")
+
+
 def train(config, model=None, tokenizer=None, callbacks: list[TrainerCallback] | None = None) -> TrainResult:
     """Fine-tune with ``config`` and write the adapter (or full model) and logs to ``config.output_dir``.
 
@@ -102,6 +130,7 @@ def train(config, model=None, tokenizer=None, callbacks: list[TrainerCallback] |
     from ..models import model_fingerprint
     from .data import build_train_dataset
 
+    check_output_dir(config)
     set_seed(config.seed)
     model, tokenizer = prepare_model(config, model, tokenizer)
     dataset, data_report = build_train_dataset(config, tokenizer)
@@ -147,4 +176,4 @@ def train(config, model=None, tokenizer=None, callbacks: list[TrainerCallback] |
                        list(trainer.step_log), post_hoc, model, tokenizer)
 
 
-__all__ = ["TrainResult", "build_regularizers", "drift_callbacks", "prepare_model", "train"]
+__all__ = ["TrainResult", "build_regularizers", "check_output_dir", "drift_callbacks", "prepare_model", "train"]

@@ -252,11 +252,25 @@ class SafeTrainer(Trainer):
         if tensors:
             save_tensors(folder / REGULARIZER_STATE_FILE, tensors,
                          metadata={"regularizers": ",".join(self.regularizers)})
-        write_json(folder / TRAINER_STATE_FILE, {"global_step": self.state.global_step, "step_log": self.step_log,
-                                                 "reports": self.reports, "provenance": provenance()})
+        state = {"global_step": self.state.global_step, "step_log": self.step_log, "reports": self.reports,
+                 "provenance": provenance()}
+        if hasattr(self.args, "to_yaml_dict"):  # what a resume from here must match
+            from .config import result_settings
+
+            state["run_config"] = result_settings(self.args.to_yaml_dict())
+        write_json(folder / TRAINER_STATE_FILE, state)
 
     def _load_safeanchor_state(self, checkpoint: str) -> None:
         folder = Path(checkpoint)
+        if (folder / TRAINER_STATE_FILE).is_file() and hasattr(self.args, "to_yaml_dict"):
+            from ..configfile import ConfigError
+            from .config import setting_differences
+
+            saved = read_json(folder / TRAINER_STATE_FILE).get("run_config")
+            diffs = setting_differences(saved, self.args.to_yaml_dict()) if saved else []
+            if diffs:
+                raise ConfigError(f"cannot resume from {folder}: it was trained with other settings "
+                                  f"({'; '.join(diffs)}); resume with the same settings or start a new output_dir")
         if (folder / REGULARIZER_STATE_FILE).is_file():
             tensors = load_tensors(folder / REGULARIZER_STATE_FILE)
             for name, (reg, _) in self.regularizers.items():

@@ -1,0 +1,157 @@
+"""Bad inputs and faults, one row each: a clear error that names what is wrong and where, and
+nothing already written is changed (issue 16's first causes: unchecked values, finished outputs
+overwritten, loaded files not checked, mismatched resumes).
+
+Each row builds its situation in a fresh folder, runs the action and checks the message; the
+fixture then checks that every file that existed before the action is byte-identical after it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+from conftest import make_tiny_llama
+from test_train import run_tiny, write_data
+
+
+def snapshot(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@dataclass
+class Fault:
+    id: str
+    prepare: Callable[[Path, object], dict]  # builds the situation; returns what the action needs
+    action: Callable[[Path, object, dict], object]
+    error: type[BaseException]
+    message: str
+
+
+def _finished_run(tmp: Path, tok) -> dict:
+    data = write_data(tmp / "data")
+    run_tiny(tmp / "run", tok, data, method="sft")
+    return {"data": data}
+
+
+def _checkpointed_run(tmp: Path, tok) -> dict:
+    data = write_data(tmp / "data")
+    run_tiny(tmp / "run", tok, data, method="sft", save_strategy="steps", save_steps=2)
+    return {"data": data}
+
+
+def _bad_utf8(tmp: Path, tok) -> dict:
+    path = tmp / "latin1.jsonl"
+    path.write_bytes(b'{"prompt": "ok", "response": "fine"}\n{"prompt": "caf\xe9", "response": "x"}\n')
+    return {"path": path}
+
+
+def _direction(tmp: Path, tok, *, corrupt: str) -> dict:
+    import torch
+
+    from safeanchor.direction.extract import ExtractConfig, extract_direction
+
+    data = write_data(tmp / "data")
+    model = make_tiny_llama(len(tok))
+    rd = extract_direction(model, tok, ExtractConfig(harmful=data["harmful"], harmless=data["harmless"], limit=8))
+    rd.save_pretrained(tmp / "dir")
+    f = tmp / "dir" / "direction.safetensors"
+    if corrupt == "truncated":
+        f.write_bytes(f.read_bytes()[: len(f.read_bytes()) // 2])
+    else:
+        from safeanchor.io import load_tensors
+        from safetensors.torch import save_file
+
+        t = load_tensors(f)
+        key = next(k for k, v in t.items() if v.is_floating_point())
+        t[key] = t[key].clone()
+        t[key].view(-1)[0] = float("nan")
+        save_file(t, str(f))
+    return {"dir": tmp / "dir", "torch": torch}
+
+
+def _adapter_on(tmp: Path, tok, *, weights: bool = True) -> dict:
+    from safeanchor.models import attach_lora
+
+    for name, seed in (("base_a", 0), ("base_b", 1)):
+        make_tiny_llama(len(tok), seed=seed).save_pretrained(tmp / name)
+        tok.save_pretrained(tmp / name)
+    from safeanchor.models import load_model
+
+    model, _ = load_model(str(tmp / "base_a"), device="cpu")
+    attach_lora(model, r=2).save_pretrained(tmp / "adapter")
+    if not weights:
+        for f in (tmp / "adapter").glob("adapter_model.*"):
+            f.unlink()
+    return {}
+
+
+def _load(path: str, **kw):
+    from safeanchor.models import load_model
+
+    return load_model(path, device="cpu", **kw)
+
+
+FAULTS = [
+    Fault("train into a finished run's folder", _finished_run,
+          lambda tmp, tok, s: run_tiny(tmp / "run", tok, s["data"], method="procon", alpha=0.5),
+          FileExistsError, r"already holds another run \(differs in: method: 'sft' -> 'procon'"),
+    Fault("train the same run again", _finished_run,
+          lambda tmp, tok, s: run_tiny(tmp / "run", tok, s["data"], method="sft"),
+          FileExistsError, r"already holds this same run, finished; nothing was changed"),
+    Fault("resume with another method", _checkpointed_run,
+          lambda tmp, tok, s: run_tiny(tmp / "run", tok, s["data"], method="procon", alpha=0.5, save_strategy="steps",
+                                       save_steps=2, resume_from_checkpoint="last"),
+          ValueError, r"cannot resume from .*checkpoint-6: it was trained with other settings \(method: 'sft' -> 'procon'"),
+    Fault("data file that is not UTF-8", _bad_utf8,
+          lambda tmp, tok, s: __import__("safeanchor.data", fromlist=["read_records"]).read_records(s["path"]),
+          ValueError, r"latin1\.jsonl:2: not UTF-8 text \(byte 0xe9 at column 16\)"),
+    Fault("truncated direction file", lambda tmp, tok: _direction(tmp, tok, corrupt="truncated"),
+          lambda tmp, tok, s: __import__("safeanchor.direction.artifact", fromlist=["RefusalDirection"])
+          .RefusalDirection.from_pretrained(s["dir"]),
+          ValueError, r"direction\.safetensors: not a readable safetensors file"),
+    Fault("direction file with a NaN", lambda tmp, tok: _direction(tmp, tok, corrupt="nan"),
+          lambda tmp, tok, s: __import__("safeanchor.direction.artifact", fromlist=["RefusalDirection"])
+          .RefusalDirection.from_pretrained(s["dir"]),
+          ValueError, r"direction\.safetensors: tensor '.*' holds non-finite values"),
+    Fault("model path that does not exist", lambda tmp, tok: {},
+          lambda tmp, tok, s: _load(str(tmp / "no" / "such" / "model")),
+          FileNotFoundError, r"model folder not found: .*no/such/model \(a local path; it is not looked up on the hub\)"),
+    Fault("hub id that is not cached, offline", lambda tmp, tok: {},
+          lambda tmp, tok, s: _load("nobody-xyz/not-a-model"),
+          FileNotFoundError, r"neither a local folder nor in the Hugging Face cache"),
+    Fault("adapter applied to another base", _adapter_on,
+          lambda tmp, tok, s: _load(str(tmp / "base_b"), adapter=str(tmp / "adapter")),
+          ValueError, r"was trained on .*base_a, not on .*base_b"),
+    Fault("adapter folder without weights", lambda tmp, tok: _adapter_on(tmp, tok, weights=False),
+          lambda tmp, tok, s: _load(str(tmp / "base_a"), adapter=str(tmp / "adapter")),
+          FileNotFoundError, r"adapter_config\.json but no adapter_model\.safetensors"),
+]
+
+
+@pytest.mark.parametrize("fault", FAULTS, ids=[f.id for f in FAULTS])
+def test_fault_gives_a_clear_error_and_changes_nothing(tmp_path, tiny_tokenizer, fault):
+    state = fault.prepare(tmp_path, tiny_tokenizer)
+    before = snapshot(tmp_path)
+    with pytest.raises(fault.error, match=fault.message):
+        fault.action(tmp_path, tiny_tokenizer, state)
+    after = snapshot(tmp_path)
+    assert {k: v for k, v in after.items() if k in before} == before  # nothing written before was touched
+
+
+def test_cli_prints_one_line_for_a_user_mistake(tmp_path):
+    """The installed command: no traceback for a bad config value, exit code 2."""
+    import subprocess
+    import sys
+
+    res = subprocess.run([sys.executable, "-c", "from safeanchor.cli import app; app()", "train", "--set",
+                          "num_train_epochs=0", "--set", "report_to=none", "--set", f"output_dir={tmp_path / 'o'}"],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2, res.stderr + res.stdout
+    assert "num_train_epochs must be a number > 0" in res.stdout + res.stderr
+    assert "Traceback" not in res.stdout + res.stderr
