@@ -155,3 +155,25 @@ def test_cli_prints_one_line_for_a_user_mistake(tmp_path):
     assert res.returncode == 2, res.stderr + res.stdout
     assert "num_train_epochs must be a number > 0" in res.stdout + res.stderr
     assert "Traceback" not in res.stdout + res.stderr
+
+
+@pytest.mark.parametrize("command, existing", [
+    (["eval", "--model", "{model}", "--out", "{out}"], "eval.json"),
+    (["direction", "--model", "{model}", "--out", "{out}"], "direction.json"),
+])
+def test_cli_refuses_to_overwrite_a_finished_artifact(tmp_path, tiny_model_dir, command, existing):
+    """eval / direction into a folder that holds another result: refused before any work, unchanged."""
+    from typer.testing import CliRunner
+
+    from safeanchor.cli import app
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / existing).write_text('{"a finished": "result"}')
+    before = snapshot(out)
+    args = [a.format(model=tiny_model_dir, out=out) for a in command]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 2, res.output
+    text = " ".join(res.output.split())  # the console wraps long lines
+    assert "already holds a finished" in text and "--force" in text
+    assert snapshot(out) == before

@@ -106,6 +106,24 @@ def atomic_dir(target: str | Path, build: Callable[[Path], T], *, if_exists: str
             shutil.rmtree(old, ignore_errors=True)
 
 
+def claim_output_folder(folder: str | Path, finished: tuple[str, ...], *, force: bool = False,
+                        what: str = "result", flag: str = "--force") -> Path:
+    """Before any work: make ``folder`` and check it is writable, and refuse it when it already
+    holds a finished ``what`` (any of the ``finished`` file names) unless ``force``."""
+    folder = Path(folder)
+    done = [name for name in finished if (folder / name).exists()]
+    if done and not force:
+        raise FileExistsError(f"{folder} already holds a finished {what} ({', '.join(done)}); nothing was changed. "
+                              f"Choose another folder, or pass {flag} to replace it")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise FileNotFoundError(f"{folder}: cannot create the output folder ({e.strerror})") from None
+    if not os.access(folder, os.W_OK):
+        raise FileExistsError(f"{folder}: the output folder is not writable")
+    return folder
+
+
 def _jsonable(obj: Any) -> Any:
     if isinstance(obj, float) and not math.isfinite(obj):
         return None

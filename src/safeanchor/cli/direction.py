@@ -102,6 +102,7 @@ def direction(
     select_layers: Optional[str] = typer.Option(None, help="layers to scan, e.g. 6-20 (default every layer < 0.8·L)"),
     select_positions: str = typer.Option("auto", help="positions to scan: auto (all on GPU, last on CPU), last, all, or -5,-1"),
     select_limit: int = typer.Option(32, help="validation prompts per set for selection"),
+    force: bool = typer.Option(False, "--force", help="replace a direction already in --out"),
 ) -> None:
     """Extract the refusal direction: mean(harmful) - mean(harmless) block inputs, every layer.
 
@@ -112,6 +113,14 @@ def direction(
         return
     if model is None or out is None:
         console.print("[red]error:[/red] --model and --out are required (or use a subcommand: auroc, steer)")
+        raise typer.Exit(2)
+    from ..direction.artifact import INFO_FILE, TENSORS_FILE
+    from ..io import claim_output_folder
+
+    try:
+        claim_output_folder(out, (TENSORS_FILE, INFO_FILE), force=force, what="refusal direction")
+    except (FileExistsError, FileNotFoundError) as e:
+        console.print(f"[red]error:[/red] {e}")
         raise typer.Exit(2)
     from ..data import load_source
     from ..report.plots import plot_layer_auroc, plot_selection_scores

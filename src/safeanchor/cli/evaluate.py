@@ -37,9 +37,19 @@ def eval_command(
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)"),
     seed: int = typer.Option(0, "--seed", help="torch seed (decoding is greedy)"),
     out: Optional[str] = typer.Option(None, "--out", help="folder for eval.json (not saved when omitted)"),
+    force: bool = typer.Option(False, "--force", help="replace an eval.json already in --out"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress bars"),
 ) -> None:
     """Safety (ASR, HS, flagged rate, over-refusal) and task accuracy of a model, to eval.json."""
+    from ..evaluate.results import EVAL_FILE
+    from ..io import claim_output_folder
+
+    if out:  # before the (long) generation: a finished eval.json, or a folder that cannot be written
+        try:
+            claim_output_folder(out, (EVAL_FILE,), force=force, what="evaluation")
+        except (FileExistsError, FileNotFoundError) as e:
+            console.print(f"[red]error:[/red] {e}")
+            raise typer.Exit(2)
     from ..data import DataError
     from ..models import load_model
     from ..evaluate.classifier import ClassifierConfig
