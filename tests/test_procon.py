@@ -42,7 +42,7 @@ def make_trainer(tmp_path, tok, data, *, anchor="cached", use_lora=True, precisi
     reg = ProCon(ProConConfig(**cfg.regularizer_options["procon"]))
     trainer = SafeTrainer(model=model, args=cfg, train_dataset=ds, processing_class=tok,
                           data_collator=SFTCollator(tok.pad_token_id, padding_side),
-                          regularizers={"procon": (reg, cfg.schedule(0.1))})
+                          regularizers={"procon": (reg, cfg.schedule())})
     trainer.setup_regularizers()
     return trainer, reg
 

@@ -117,7 +117,7 @@ def test_bad_values_name_the_field(override, message):
     ("gradient_accumulation_steps=0", "gradient_accumulation_steps must be an integer >= 1; got 0"),
     ("per_device_train_batch_size=eight", "per_device_train_batch_size must be an integer >= 1; got 'eight'"),
     ("per_device_train_batch_size=0", "per_device_train_batch_size must be an integer >= 1"),
-    ("learning_rate=-1", "learning_rate must be a number > 0; got -1"),
+    ("learning_rate=-1", "learning_rate must be a number >= 0; got -1"),
     ("max_steps=0", "max_steps must be -1"),
     ("warmup_steps=-3", "warmup_steps must be a number >= 0"),
 ])

@@ -286,7 +286,7 @@ def _check_training_arguments(cfg) -> None:
     checks few of them, and a bad one fails deep in a DataLoader or trains 0 steps)."""
     for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
         _number(name, getattr(cfg, name), low=1, integer=True)
-    _number("learning_rate", cfg.learning_rate, low=0, strict=True)
+    _number("learning_rate", cfg.learning_rate, low=0)  # 0 is a legitimate probe: the weights never move
     _number("weight_decay", cfg.weight_decay, low=0)
     _number("max_grad_norm", cfg.max_grad_norm, low=0)
     _number("warmup_steps", cfg.warmup_steps, low=0)
