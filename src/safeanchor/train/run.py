@@ -79,10 +79,9 @@ def drift_callbacks(config, model, tokenizer) -> list[TrainerCallback]:
 def check_output_dir(config) -> None:
     """Before any work: the output folder is writable, and does not hold a finished run (its
     ``train_report.json``) unless ``overwrite_output_dir`` or this is a resume."""
-    import os
-
     import yaml
 
+    from ..io import claim_output_folder
     from .config import setting_differences
 
     out = Path(config.output_dir)
@@ -96,12 +95,7 @@ def check_output_dir(config) -> None:
         what = f"another run (differs in: {'; '.join(diffs)})" if diffs else "this same run, finished"
         raise FileExistsError(f"{out} already holds {what}; nothing was changed. Choose another output_dir, or set "
                               "overwrite_output_dir=true to replace it")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise FileNotFoundError(f"output_dir {out} cannot be created ({e.strerror})") from None
-    if not os.access(out, os.W_OK):
-        raise FileExistsError(f"output_dir {out} is not writable")
+    claim_output_folder(out, ())  # exists (made now) and writable
 
 
 def train(config, model=None, tokenizer=None, callbacks: list[TrainerCallback] | None = None) -> TrainResult:
