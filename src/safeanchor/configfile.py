@@ -58,6 +58,14 @@ def located(where: str, key: str, lines: Mapping[str, int] | None) -> str:
     return f"{where}:{line}" if line else where
 
 
+def located_error(message: str, where: str, lines: Mapping[str, int] | None) -> str:
+    """Prefix a value error with ``file:line`` of the key it names first (messages start with the key)."""
+    import re
+
+    key = re.match(r"[A-Za-z_][A-Za-z0-9_]*", message)
+    return f"{located(where, key.group(0) if key else '', lines)}: {message}"
+
+
 def check_keys(data: Mapping[str, Any], known: Iterable[str], *, where: str, lines: Mapping[str, int] | None = None,
                renamed: Mapping[str, str] | None = None) -> None:
     """:class:`ConfigError` for the first key of ``data`` that is not in ``known``.
@@ -102,4 +110,4 @@ def check_types(obj: Any, *, prefix: str = "") -> None:
             raise ConfigError(f"{prefix}{f.name} must be {want}; got {value!r} ({type(value).__name__})")
 
 
-__all__ = ["ConfigError", "check_keys", "check_types", "located", "read_mapping"]
+__all__ = ["ConfigError", "check_keys", "check_types", "located", "located_error", "read_mapping"]

@@ -157,25 +157,6 @@ def components() -> dict[str, Method]:
     return out
 
 
-class _RegularizerView(Mapping):
-    """``REGULARIZERS[name](config)``: the regularizer factories of the table, kept live."""
-
-    def _table(self) -> dict[str, Callable[[Any], Regularizer]]:
-        return {m.component: m.factory for m in METHODS.values() if m.kind == "regularizer"}
-
-    def __getitem__(self, key: str):
-        return self._table()[key]
-
-    def __iter__(self):
-        return iter(self._table())
-
-    def __len__(self) -> int:
-        return len(self._table())
-
-
-REGULARIZERS: Mapping[str, Callable[[Any], Regularizer]] = _RegularizerView()
-
-
 def _builtin() -> None:
     from . import asft, procon, refusal_decision, safe_lora
 
@@ -217,5 +198,5 @@ def _builtin() -> None:
 
 _builtin()
 
-__all__ = ["KINDS", "METHODS", "REGULARIZERS", "RENAMED", "Method", "Regularizer", "RegularizerSetupError",
+__all__ = ["KINDS", "METHODS", "RENAMED", "Method", "Regularizer", "RegularizerSetupError",
            "components", "get_method", "method_names", "register_method", "resolve_method", "unregister_method"]

@@ -183,7 +183,7 @@ class AsFT(Regularizer):
 
 
 def from_config(config) -> AsFT:
-    """Factory for the ``REGULARIZERS`` table: options from ``regularizer_options.asft``."""
+    """Factory for the method table: options from ``regularizer_options.asft``."""
     return AsFT(AsFTConfig(**dict((getattr(config, "regularizer_options", None) or {}).get("asft") or {})))
 
 

@@ -2,8 +2,8 @@
 
 A regularizer is a small object the trainer calls once per step. It returns an *unweighted*
 scalar; the trainer multiplies it by the scheduled coefficient and logs raw value and
-coefficient separately. Adding a method = one file in ``methods/``, one entry in
-``REGULARIZERS`` (``methods/__init__.py``) and one row in the parametrised test table.
+coefficient separately. Adding a method = one file in ``methods/``, one ``register_method`` row
+in the method table (``methods/__init__.py``) and one row in the parametrised test table.
 
 A silent safety term is a failure: ``setup`` must report what it attached to and raise
 :class:`RegularizerSetupError` if that is nothing; the trainer also errors when a positive
@@ -39,6 +39,11 @@ class Regularizer(abc.ABC):
     @abc.abstractmethod
     def __call__(self, model: torch.nn.Module, inputs: dict[str, torch.Tensor], outputs: Any) -> torch.Tensor:
         """Unweighted scalar penalty for this batch (differentiable w.r.t. trainable params)."""
+
+    def example_fields(self, record: Any) -> dict[str, Any]:
+        """Per-example fields this regularizer needs in the training set, from the example's record
+        (the refusal-decision loss: its target); ``setup`` reads them back by ``sample_idx``."""
+        return {}
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """Tensors to checkpoint with the run (e.g. an anchor cache); default none."""

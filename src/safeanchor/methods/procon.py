@@ -435,7 +435,7 @@ class ProCon(Regularizer):
 
 
 def from_config(config) -> ProCon:
-    """Factory for the ``REGULARIZERS`` table: options from ``regularizer_options.procon``."""
+    """Factory for the method table: options from ``regularizer_options.procon``."""
     options = dict((getattr(config, "regularizer_options", None) or {}).get("procon") or {})
     known = [f.name for f in dataclasses.fields(ProConConfig)]
     unknown = sorted(set(options) - set(known))

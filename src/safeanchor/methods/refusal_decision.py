@@ -81,6 +81,13 @@ def decision_targets(examples: list[dict[str, Any]]) -> tuple[list[int], list[in
     return [LEFT_OUT if y == 0 and t in openers else y for t, y in zip(firsts, targets)], openers
 
 
+def refusal_target(record: Any) -> int:
+    """A record's target: 1 (refuse) for a safety sample or a record marked ``refuse: true`` or
+    ``kind: harmful``, else 0 (answer)."""
+    meta = record.meta
+    return int(bool(meta.get("refuse")) or bool(meta.get("safety_sample")) or meta.get("kind") == "harmful")
+
+
 class RefusalDecision(Regularizer):
     """BCE on P(first response token opens a refusal) against each example's ``refuse`` target."""
 
@@ -89,6 +96,9 @@ class RefusalDecision(Regularizer):
     def __init__(self) -> None:
         self.targets: torch.Tensor | None = None  # (N,) per sample_idx: 1, 0 or LEFT_OUT
         self.openers: torch.Tensor | None = None  # token ids
+
+    def example_fields(self, record: Any) -> dict[str, Any]:
+        return {TARGET_KEY: refusal_target(record)}
 
     def setup(self, trainer: Any) -> dict[str, Any]:
         dataset = trainer.train_dataset
@@ -133,4 +143,5 @@ def from_config(config) -> RefusalDecision:
     return RefusalDecision()
 
 
-__all__ = ["LEFT_OUT", "TARGET_KEY", "RefusalDecision", "decision_loss", "decision_targets", "from_config"]
+__all__ = ["LEFT_OUT", "TARGET_KEY", "RefusalDecision", "decision_loss", "decision_targets", "from_config",
+           "refusal_target"]

@@ -26,7 +26,7 @@ from typing import Any
 
 from rich.console import Console
 
-from ..configfile import ConfigError, check_keys, check_types, located, read_mapping
+from ..configfile import ConfigError, check_keys, check_types, located_error, read_mapping
 from ..io import read_json, write_json
 from ..methods import get_method, method_names
 from .attack_data import attack_pairs
@@ -167,9 +167,7 @@ class ExperimentConfig:
             start = dataclasses.asdict(base) if base else {}
             return cls(**{**start, **data})
         except (TypeError, ValueError) as e:
-            message = str(e)
-            key = message.split(":")[0].split(".")[0].split(" ")[0]
-            raise ConfigError(f"{located(str(path), key if key != 'preset' else 'preset', lines)}: {message}") from None
+            raise ConfigError(located_error(str(e), str(path), lines)) from None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

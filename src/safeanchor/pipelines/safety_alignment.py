@@ -60,19 +60,12 @@ BUILD_SECONDS = 642.0
 PARTIAL_CONFIG = "recipe.json"  # in <partial>/alignment/: what a resumed build must match
 
 
-def _records_from_jsonl(path: Path) -> list:
-    from ..data import Record, read_records
-
-    return [Record(r.prompt, r.response, system=r.system, id=r.id, meta=r.meta)
-            for r in read_records(path, require_response=True)]
-
-
 def run_stages(base: str, work: Path, cfg: AlignConfig) -> dict[str, Any]:
     """The four stages into ``work`` (resumable); returns the content of ``alignment.json``."""
     import torch
 
-    from ..data import write_jsonl
-    from ..io import provenance, write_json
+    from ..data import read_records, write_jsonl
+    from ..io import provenance
     from ..models import load_model, model_fingerprint
     from .stages import Stages
 
@@ -89,7 +82,7 @@ def run_stages(base: str, work: Path, cfg: AlignConfig) -> dict[str, Any]:
 
     def train(d: Path) -> dict[str, Any]:
         model, tokenizer = load_model(base, device=cfg.device, precision=cfg.precision)
-        records = _records_from_jsonl(stage_root / "1_data" / "train_data.jsonl")
+        records = read_records(stage_root / "1_data" / "train_data.jsonl", require_response=True)
         with tempfile.TemporaryDirectory(prefix="trainer-", dir=d) as tmp:
             peft_model, train_log = train_adapter(model, tokenizer, records, cfg, Path(tmp), base=base)
         peft_model.save_pretrained(str(d / "adapter"))

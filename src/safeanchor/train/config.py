@@ -25,7 +25,7 @@ from typing import Any, Sequence
 
 from transformers import TrainingArguments
 
-from ..configfile import ConfigError, check_keys, located, read_mapping
+from ..configfile import ConfigError, check_keys, located_error, read_mapping
 from .schedules import SCHEDULES, UNITS, Schedule
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -326,12 +326,6 @@ def _check_keys(keys, where: str, lines: dict[str, int] | None = None) -> None:
     check_keys(dict.fromkeys(keys), config_keys(), where=where, lines=lines)
 
 
-def _locate_error(message: str, where: str, lines: dict[str, int] | None) -> str:
-    """Prefix a value error with ``file:line`` of the key it names first (messages start with the key)."""
-    key = re.match(r"[A-Za-z_][A-Za-z0-9_]*", message)
-    return f"{located(where, key.group(0) if key else '', lines)}: {message}"
-
-
 def parse_override(text: str) -> tuple[list[str], Any]:
     """``"a.b=value"`` -> ``(["a", "b"], parsed value)``; values are YAML (``3``, ``true``, ``[1, 2]``).
 
@@ -389,7 +383,7 @@ def config_from_dict(data: dict[str, Any], *, where: str = "config",
     try:
         return SafeTrainingConfig(**data)
     except (TypeError, ValueError) as e:
-        raise ConfigError(_locate_error(str(e), where, lines)) from None
+        raise ConfigError(located_error(str(e), where, lines)) from None
 
 
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> SafeTrainingConfig:

@@ -34,22 +34,14 @@ def training_records(config) -> tuple[list[Record], dict[str, Any]]:
         "seed": config.safety_seed} if config.plan.safety_data else None}
 
 
-def refusal_target(record: Record) -> int:
-    """A record's target for the refusal-decision method: 1 (refuse) for a safety sample or a record
-    marked ``refuse: true`` or ``kind: harmful``, else 0 (answer)."""
-    meta = record.meta
-    return int(bool(meta.get("refuse")) or bool(meta.get("safety_sample")) or meta.get("kind") == "harmful")
-
-
-def build_train_dataset(config, tokenizer) -> tuple[SFTDataset, dict[str, Any]]:
-    """Encode the run's records (response-only labels, ``sample_idx``) and describe them."""
-    from ..methods.refusal_decision import TARGET_KEY
-
+def build_train_dataset(config, tokenizer, regularizers=()) -> tuple[SFTDataset, dict[str, Any]]:
+    """Encode the run's records (response-only labels, ``sample_idx``) and describe them; each of
+    ``regularizers`` adds the per-example fields it needs (:meth:`Regularizer.example_fields`)."""
     records, report = training_records(config)
     dataset = SFTDataset.from_records(tokenizer, records, max_length=config.max_length)
-    if "refusal_decision" in config.plan.regularizers:  # the method's targets travel with the examples
+    for reg in regularizers:
         for example, record in zip(dataset.examples, records):
-            example[TARGET_KEY] = refusal_target(record)
+            example.update(reg.example_fields(record))
     report.update(dataset.summary())
     report["max_length"] = config.max_length
     return dataset, report

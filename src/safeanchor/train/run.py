@@ -127,11 +127,12 @@ def train(config, model=None, tokenizer=None, callbacks: list[TrainerCallback] |
     check_output_dir(config)
     set_seed(config.seed)
     model, tokenizer = prepare_model(config, model, tokenizer)
-    dataset, data_report = build_train_dataset(config, tokenizer)
+    regularizers = build_regularizers(config)
+    dataset, data_report = build_train_dataset(config, tokenizer, [reg for reg, _ in regularizers.values()])
     trainer = SafeTrainer(
         model=model, args=config, train_dataset=dataset, processing_class=tokenizer,
         data_collator=SFTCollator(tokenizer.pad_token_id, config.padding_side),
-        regularizers=build_regularizers(config),
+        regularizers=regularizers,
         callbacks=[*drift_callbacks(config, model, tokenizer), *(callbacks or [])])
     resume = config.resume_from_checkpoint
     if isinstance(resume, str) and resume.lower() in ("true", "last"):
