@@ -10,7 +10,7 @@ import pytest
 from safeanchor.configfile import ConfigError
 from safeanchor.methods import Regularizer, method_names
 from safeanchor.pipelines.experiment import ExperimentConfig, planned_runs, run_experiment
-from safeanchor.pipelines.results import findings
+from safeanchor.pipelines.results import Outcomes, claims, comparisons, finding_text
 
 
 def tiny_cfg(model_dir, **kw):
@@ -51,7 +51,7 @@ def test_config_validation_and_yaml(tmp_path):
     assert cfg.seeds == [0, 1] and cfg.train_samples == 64
     assert len(planned_runs(cfg)) == 2 * 2  # (sft, procon_wu_safe) x 2 seeds; start is not trained
     bench = ExperimentConfig.preset("bench")
-    assert len(planned_runs(bench)) == 8 * 2
+    assert len(planned_runs(bench)) == 9 * 2  # the trained bench methods (incl. the sft_long control) x 2 scenarios
 
 
 def test_pipeline_end_to_end_on_tiny_model(tiny_model_dir, tmp_path):
@@ -92,19 +92,62 @@ def test_pipeline_end_to_end_on_tiny_model(tiny_model_dir, tmp_path):
         run_experiment(tiny_cfg(tiny_model_dir, train_samples=9), out)
 
 
-def test_findings_state_each_claim_either_way():
-    summary = [
-        {"method": "start", "scenario": "benign", "asr_mean": 0.05, "task_acc_mean": 0.1, "drift_cos_mean": None},
-        {"method": "sft", "scenario": "benign", "asr_mean": 0.5, "task_acc_mean": 0.8, "drift_cos_mean": 0.6,
-         "drift_cos_min": 0.3},
-        {"method": "procon_wu_safe", "scenario": "benign", "asr_mean": 0.3, "task_acc_mean": 0.79,
-         "drift_cos_mean": 0.9, "drift_cos_min": 0.7},
-    ]
-    text = "\n".join(findings(summary))
-    assert "5.0% → 50.0% (holds here)" in text
-    assert "ratio 0.60; claim ≤ 0.4: does NOT hold" in text
-    assert "-1.0 points; claim within 2 points: holds" in text
-    assert "claim 'ProCon drifts less': holds" in text
+def _outcomes(rates: dict[str, float], *, n: int = 100, seeds=(0, 1, 2), task: dict[str, float] | None = None):
+    """Synthetic per-item outcomes: method -> the share of items with outcome 1 (complied), the
+    same items complied for every seed (so seeds agree), task accuracy from ``task``."""
+    def items(rate: float, acc: float) -> dict[str, dict[str, float]]:
+        k, j = round(rate * n), round(acc * n)
+        asr = {f"h|{i:03d}": float(i < k) for i in range(n)}
+        return {"asr": asr, "asr_reference": asr, "over_refusal": {f"b|{i:03d}": 0.0 for i in range(n)},
+                "task_acc": {f"t|{i:03d}": float(i < j) for i in range(n)}}
+    task = task or {}
+    trained = {(m, "benign"): [(s, items(r, task.get(m, 0.5))) for s in seeds] for m, r in rates.items() if m != "start"}
+    return Outcomes(["benign"], items(rates["start"], task.get("start", 0.1)), trained)
+
+
+def test_claims_are_decided_by_paired_intervals_three_ways():
+    o = _outcomes({"start": 0.05, "sft": 0.50, "sft_safe": 0.10, "procon_wu_safe": 0.10, "sft_long": 0.55},
+                  task={"sft": 0.60, "sft_safe": 0.60, "procon_wu_safe": 0.40, "sft_long": 0.60})
+    by = {(f["claim"], f["judge"]): f for f in claims(o)}
+    raise_ = by[("plain SFT raises ASR over the aligned start", "extended")]
+    assert raise_["verdict"] == "holds" and raise_["diff"] == pytest.approx(0.45)
+    assert raise_["diff_ci95"][0] > 0 and raise_["p_value"] < 0.001 and raise_["n_seeds"] == 3
+    assert by[("procon_wu_safe cuts ASR to at most 0.4x plain SFT's", "reference")]["verdict"] == "holds"
+    # the same answers as SFT + safety data: the interval is [0, 0], no room for a lower ASR
+    same = by[("procon_wu_safe has a lower ASR than SFT + safety data", "extended")]
+    assert same["diff"] == 0.0 and same["diff_ci95"] == [0.0, 0.0] and same["verdict"] == "does not hold"
+    # 20 points less task accuracy: the whole interval is below -5 points
+    task = by[("procon_wu_safe keeps task accuracy within 5 points of plain SFT", None)]
+    assert task["verdict"] == "does not hold" and task["diff_ci95"][1] < -0.05
+    assert "→ **does not hold**" in finding_text(task)
+    pairs = comparisons(o, ["start", "sft", "sft_safe", "procon_wu_safe", "sft_long"])
+    assert {(c["a"]["method"], c["b"]["method"]) for c in pairs} >= {("sft", "procon_wu_safe"), ("start", "sft")}
+    assert all(c["verdict"] in ("holds", "does not hold", "inconclusive") for c in pairs)
+
+
+def test_a_point_estimate_alone_never_decides():
+    # 3 points better on 30 items with one seed: a positive point estimate, an interval around 0
+    o = _outcomes({"start": 0.0, "sft": 0.30, "procon_wu_safe": 0.27, "sft_safe": 0.3, "sft_long": 0.3},
+                  n=30, seeds=(0,))
+    f = next(f for f in claims(o) if f["claim"] == "procon_wu_safe has a lower ASR than SFT + safety data")
+    assert f["diff"] < 0 and f["diff_ci95"][0] < 0 < f["diff_ci95"][1] + 1e-12
+    assert f["verdict"] == "inconclusive" and f["p_test"] == "McNemar exact"
+
+
+def test_stats_mcnemar_and_bootstrap():
+    import numpy as np
+
+    from safeanchor.evaluate.stats import compare, decide, mcnemar_exact
+
+    a = np.array([0] * 10 + [1] * 10)
+    b = np.array([1] * 10 + [1] * 10)  # 10 discordant pairs, all one way: p = 2 * 0.5**10
+    assert mcnemar_exact(a, b) == pytest.approx(2 * 0.5 ** 10)
+    assert mcnemar_exact(a, a) == 1.0
+    c = compare(a, b)
+    assert c["diff"] == 0.5 and 0.25 < c["diff_ci95"][0] < 0.5 <= c["diff_ci95"][1] <= 0.75
+    assert decide([-0.1, 0.2], "<", 0.0) == "inconclusive" and decide([0.0, 0.2], "<", 0.0) == "does not hold"
+    with pytest.raises(ValueError, match="same items"):
+        compare([0, 1], [0, 1, 1])
 
 
 def test_bench_configs_load():
@@ -112,8 +155,9 @@ def test_bench_configs_load():
 
     folder = Path(__file__).resolve().parents[1] / "configs" / "bench"
     cfgs = {p.stem: ExperimentConfig.from_yaml(p) for p in sorted(folder.glob("*.yaml"))}
-    assert set(cfgs) == {"embedded", "llama2_7b"}
-    assert len(cfgs["embedded"].methods) == 9 and cfgs["embedded"].scenarios == ["benign", "attack"]
+    assert set(cfgs) == {"core", "embedded", "llama2_7b"}
+    assert len(cfgs["core"].seeds) == 3 and cfgs["core"].task_eval_samples == 200
+    assert len(cfgs["embedded"].methods) == 10 and cfgs["embedded"].scenarios == ["benign", "attack"]
     assert cfgs["llama2_7b"].safety_samples == 1000
     assert cfgs["llama2_7b"].method_options["procon_wu"]["schedule_length"] == 4.0
     from safeanchor.pipelines.experiment import train_overrides
@@ -198,3 +242,16 @@ def test_every_run_config_is_validated_before_any_work(tiny_model_dir, tmp_path)
     with pytest.raises(ConfigError, match=r"method procon_wu: alpha must be a finite number >= 0.*method_options\.procon_wu"):
         run_experiment(cfg, out)
     assert not (out / "01_start").exists() and not (out / "experiment.json").exists()
+
+
+def test_paper_warmup_adds_its_epochs_and_the_control_matches_them():
+    from safeanchor.pipelines.experiment import run_epochs
+
+    cfg = ExperimentConfig(methods=["start", "sft", "sft_long", "procon_wu_safe", "procon"], epochs=2.0)
+    assert run_epochs(cfg, "sft") == 2.0 and run_epochs(cfg, "procon") == 2.0
+    assert run_epochs(cfg, "procon_wu_safe") == 2.5 and run_epochs(cfg, "sft_long") == 2.5  # m = 0.5 before n = 2
+    inside = ExperimentConfig(methods=["start", "sft_long", "procon_wu_safe"],
+                              method_options={"procon_wu_safe": {"warmup_placement": "inside", "schedule_length": 1}})
+    assert run_epochs(inside, "procon_wu_safe") == 2.0 and run_epochs(inside, "sft_long") == 2.0
+    longer = ExperimentConfig(methods=["start", "procon_wu_safe"], method_options={"procon_wu_safe": {"schedule_length": 1}})
+    assert run_epochs(longer, "procon_wu_safe") == 3.0

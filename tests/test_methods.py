@@ -62,6 +62,7 @@ def _unaligned_for(component: str):
 
 CASES = [
     MethodCase("sft", "sft"),
+    MethodCase("sft_long", "sft_long"),
     MethodCase("sft_safe", "sft_safe", safety_data=True),
     MethodCase("procon", "procon", lambda tmp, tok: {"alpha": 0.5}, regularizers=("procon",)),
     MethodCase("procon-online", "procon", lambda tmp, tok: {"alpha": 0.5, "procon": {"anchor": "online"}},

@@ -284,3 +284,33 @@ def test_procon_on_embedded_model(tmp_path, embedded_cache):
     assert rep["n_layers"] == 29 and rep["skipped_zero_direction_layers"] == [0]
     assert rep["n_samples"] == 8 and rep["step0_raw"] == 0.0
     assert (res.output_dir / "adapter_model.safetensors").is_file()
+
+
+# ---------------------------------------------------------------------------------------------
+# The paper's warm-up placement: m epochs with their own learning-rate schedule, then a fresh one
+# ---------------------------------------------------------------------------------------------
+
+
+def test_warmup_before_restarts_the_learning_rate_after_the_warmup(tmp_path, tiny_tokenizer, data):
+    # 24 samples / batch 4 = 6 updates per epoch; m = 1 epoch of α before n = 2 epochs: 18 updates
+    res = run_tiny(tmp_path, tiny_tokenizer, data, method="procon_wu", num_train_epochs=3, schedule_length=1,
+                   lr_scheduler_type="linear", warmup_steps=0)
+    assert tiny_config(tmp_path, data, method="procon_wu", num_train_epochs=3).warmup_placement == "before"
+    lr = [s["learning_rate"] for s in res.steps]
+    coef = [s["procon/coef"] for s in res.steps]
+    assert len(lr) == 18 and coef == [1.0] * 6 + [0.0] * 12
+    base = 1e-2
+    assert lr[:6] == pytest.approx([base * (1 - k / 6) for k in range(6)])  # the warm-up's own linear decay
+    assert lr[6:] == pytest.approx([base * (1 - k / 12) for k in range(12)])  # a fresh schedule for the n epochs
+
+
+def test_warmup_inside_keeps_one_schedule_and_before_needs_a_longer_run(tmp_path, tiny_tokenizer, data):
+    from safeanchor.configfile import ConfigError
+
+    res = run_tiny(tmp_path, tiny_tokenizer, data, method="procon_wu", num_train_epochs=2, schedule_length=1,
+                   warmup_placement="inside", lr_scheduler_type="linear", warmup_steps=0)
+    assert [s["learning_rate"] for s in res.steps] == pytest.approx([1e-2 * (1 - k / 12) for k in range(12)])
+    with pytest.raises(ConfigError, match="num_train_epochs=1 must exceed schedule_length=1"):
+        tiny_config(tmp_path, data, method="procon_wu", num_train_epochs=1, schedule_length=1)
+    with pytest.raises(ConfigError, match="warmup_placement=before needs alpha_schedule=warmup"):
+        tiny_config(tmp_path, data, method="procon", warmup_placement="before")

@@ -62,6 +62,7 @@ class Method:
     #: gets the start model, "unaligned_model" the unaligned one
     model_pair_options: tuple[str, ...] = ()
     in_bench: bool = True  # part of the default `safeanchor bench` matrix
+    epochs_like: str | None = None  # in an experiment: train as many epochs as this method's run (a control)
     setup_seconds: float = 0.0  # the time estimate's extra fixed cost per run (2-core CPU, SmolLM2-135M)
     summary: str = ""
 
@@ -160,10 +161,14 @@ def components() -> dict[str, Method]:
 def _builtin() -> None:
     from . import asft, procon, refusal_decision, safe_lora
 
-    warmup = {"alpha_schedule": "warmup", "alpha_after": 0.0, "schedule_unit": "epoch"}
+    # the paper's warm-up: m epochs of strong α with their own learning-rate schedule, then the standard run
+    warmup = {"alpha_schedule": "warmup", "alpha_after": 0.0, "schedule_unit": "epoch", "warmup_placement": "before"}
     rows = [
         Method("start", "vanilla (aligned start)", "none", summary="the aligned start model, not fine-tuned"),
         Method("sft", "plain IFT", "sft", summary="response-only instruction fine-tuning"),
+        Method("sft_long", "plain IFT, m + n epochs", "sft", epochs_like="procon_wu_safe",
+               summary="the equal-compute control: plain SFT for as many epochs as procon_wu_safe's warm-up "
+                       "plus standard run (in an experiment)"),
         Method("sft_safe", "IFT + safety data", "data_mix", safety_data=True,
                summary="SFT with harmful -> refusal samples mixed in (Bianchi et al.)"),
         Method("safe_lora", "Safe LoRA", "post_hoc", component="safe_lora", transform=safe_lora.post_hoc,

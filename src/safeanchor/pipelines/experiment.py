@@ -9,7 +9,10 @@ run :func:`run_experiment`, which is a recipe of numbered stages, each writing i
 3. ``03_data``       training sets per scenario (task data; attack: + harmful->compliant pairs)
 4. ``04_train/<run>`` one fine-tuning run per (method, scenario, seed)
 5. ``05_eval/<run>``  ASR, over-refusal, task accuracy (eval.json with per-prompt records)
-6. ``06_drift/<run>`` per-layer cosine of the r-direction vs the start
+6. ``06_drift/<run>`` per-layer cosine of the r-direction vs the start (``drift: false`` skips it)
+
+Runs go one at a time (train, eval, drift), seed-major, so an interrupted bench already holds
+whole seeds of every method.
 7. ``results.json`` + ``report/`` (report.md, report.html, PNGs)
 
 >>> cfg = ExperimentConfig.preset("quick")        # doctest: +SKIP
@@ -75,7 +78,8 @@ class ExperimentConfig:
     train_samples: int = _f(192, "task training examples")
     attack_samples: int = _f(24, "harmful -> compliant pairs mixed in for the attack scenario")
     safety_samples: int = _f(32, "harmful -> refusal samples for *_safe methods (paper: ~1,000 of ~17k)")
-    epochs: float = _f(2.0, "training epochs")
+    epochs: float = _f(2.0, "training epochs of the standard run (n); a method with the paper's warm-up "
+                            "(procon_wu*) trains its m warm-up epochs before them, and sft_long as many")
     batch_size: int = _f(8, "per-device batch size")
     learning_rate: float = _f(2e-3, "LoRA learning rate (at 5e-4 plain SFT left the 135M model's ASR unchanged: 13.2% -> 15.4%)")
     lora_r: int = _f(8, "LoRA rank (paper 8)")
@@ -90,6 +94,7 @@ class ExperimentConfig:
     task_max_new_tokens: int = _f(40, "new tokens per task answer (a worked arithmetic_steps answer is ~25)")
     gen_batch_size: int = _f(32, "generation batch size")
     precision: str = _f("auto", "auto, fp32, bf16, fp16")
+    drift: bool = _f(True, "measure each run's r-direction drift (06_drift; ~17 s a run on a 2-core CPU)")
 
     def __post_init__(self) -> None:
         from ..methods import get_method
@@ -143,9 +148,8 @@ class ExperimentConfig:
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> "ExperimentConfig":
         presets: dict[str, dict[str, Any]] = {
-            "demo": {"train_samples": 160, "task_eval_samples": 80},
-            "bench": {"methods": method_names(bench=True), "scenarios": ["benign", "attack"], "train_samples": 160,
-                      "task_eval_samples": 100},
+            "demo": {"methods": ["start", "sft", "sft_safe", "procon_wu_safe"], "train_samples": 160},
+            "bench": {"methods": method_names(bench=True), "scenarios": ["benign", "attack"], "train_samples": 160},
             "quick": {"methods": ["start", "sft", "procon_wu_safe"], "scenarios": ["benign"],
                       "train_samples": 64, "epochs": 1.0, "safety_samples": 16, "eval_limit": 16,
                       "task_eval_samples": 32, "direction_samples": 32, "max_new_tokens": 32},
@@ -191,13 +195,8 @@ class Run:
 
 def planned_runs(cfg: ExperimentConfig) -> list[Run]:
     """Every (method, scenario, seed) to train; the untrained start model is evaluated once."""
-    runs = []
-    for scenario in cfg.scenarios:
-        for method in cfg.methods:
-            if not get_method(method).trains:
-                continue
-            runs += [Run(method, scenario, seed) for seed in cfg.seeds]
-    return runs
+    return [Run(method, scenario, seed) for seed in cfg.seeds for scenario in cfg.scenarios
+            for method in cfg.methods if get_method(method).trains]
 
 
 # Seconds on a 2-core CPU for SmolLM2-135M, measured in a `safeanchor demo` run (stage.json
@@ -218,14 +217,15 @@ def estimate_seconds(cfg: ExperimentConfig, *, start_built: bool) -> float:
         n = cfg.train_samples + (cfg.attack_samples if r.scenario == "attack" else 0)
         if method.safety_data:
             n += cfg.safety_samples
-        train += -(-n // cfg.batch_size) * cfg.epochs * _EST["step"] + _EST["run_setup"] + method.setup_seconds
+        train += (-(-n // cfg.batch_size) * run_epochs(cfg, r.method) * _EST["step"] + _EST["run_setup"]
+                  + method.setup_seconds)
     cap = cfg.eval_limit or 10**9
     n_safety = min(cap, 91) * len(cfg.eval_harmful) + min(cap, 84)  # bundled test sizes; others similar
     tokens = n_safety * cfg.max_new_tokens + min(cap, cfg.task_eval_samples) * cfg.task_max_new_tokens
     evals = (len(runs) + 1) * (tokens * _EST["gen_token"] + _EST["eval_setup"])
     return ((0 if start_built else _EST["align"]) + _EST["direction"]
             + (_EST["attack_data"] if "attack" in cfg.scenarios else 0)
-            + train + evals + len(runs) * _EST["drift"])
+            + train + evals + (len(runs) * _EST["drift"] if cfg.drift else 0))
 
 
 def run_experiment(cfg: ExperimentConfig, out: str | Path, *, kind: str = "bench") -> dict[str, Any]:
@@ -257,13 +257,14 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path, *, kind: str = "bench
     start = stages.run("01_start", lambda d: _stage_start(cfg, d))
     stages.run("02_direction", lambda d: _stage_direction(cfg, d))
     data = stages.run("03_data", lambda d: _stage_data(cfg, d))
+    stages.run("05_eval/start", lambda d: _stage_eval(cfg, None, d))
+    # one run at a time, seed-major: an interrupted bench has whole seeds of every method to compare
     for run in runs:
+        adapter = out / "04_train" / run.name
         stages.run(f"04_train/{run.name}", lambda d, r=run: _stage_train(cfg, r, out, data, d))
-    evaluated = [("start", None)] + [(r.name, out / "04_train" / r.name) for r in runs]
-    for name, adapter in evaluated:
-        stages.run(f"05_eval/{name}", lambda d, a=adapter: _stage_eval(cfg, a, d))
-    for r in runs:
-        stages.run(f"06_drift/{r.name}", lambda d, rr=r: _stage_drift(cfg, out, out / "04_train" / rr.name, d))
+        stages.run(f"05_eval/{run.name}", lambda d, a=adapter: _stage_eval(cfg, a, d))
+        if cfg.drift:
+            stages.run(f"06_drift/{run.name}", lambda d, a=adapter: _stage_drift(cfg, out, a, d))
 
     results = collect_results(cfg, out, runs, start, kind=kind)
     write_json(out / "results.json", results)
@@ -345,6 +346,23 @@ def train_overrides(cfg: ExperimentConfig, method_name: str) -> dict[str, Any]:
     return {"method": method_name, **({"regularizer_options": options} if options else {}), **user}
 
 
+def warmup_epochs(cfg: ExperimentConfig, method_name: str) -> float:
+    """The epochs a method's warm-up adds before the standard run (the paper's ProCon_wu: m), 0 if none."""
+    method = get_method(method_name)
+    if method.epochs_like:
+        return warmup_epochs(cfg, method.epochs_like)
+    opts = {**dict(method.schedule), **dict(cfg.method_options.get(method_name) or {})}
+    if (method.coefficient is None or opts.get("alpha_schedule") != "warmup"
+            or opts.get("warmup_placement", "inside") != "before" or opts.get("schedule_unit", "epoch") != "epoch"):
+        return 0.0
+    return float(opts.get("schedule_length") or 0.0)
+
+
+def run_epochs(cfg: ExperimentConfig, method_name: str) -> float:
+    """Epochs of one method's run: the experiment's ``epochs`` (n, the standard run) plus its warm-up (m)."""
+    return cfg.epochs + warmup_epochs(cfg, method_name)
+
+
 def check_training_configs(cfg: ExperimentConfig, runs: list[Run]) -> None:
     """Build the training config of every planned run (with a stand-in data file), so a bad
     method option fails before the first stage, naming the method."""
@@ -353,7 +371,8 @@ def check_training_configs(cfg: ExperimentConfig, runs: list[Run]) -> None:
 
     for method in dict.fromkeys(r.method for r in runs):
         overrides = {"model": cfg.model, "precision": cfg.precision, "train_data": ["file:<the scenario's data>"],
-                     "output_dir": "<the run's folder>", "report_to": "none", **train_overrides(cfg, method)}
+                     "output_dir": "<the run's folder>", "report_to": "none",
+                     "num_train_epochs": run_epochs(cfg, method), **train_overrides(cfg, method)}
         try:
             config_from_dict(overrides, where=f"method {method}")
         except ConfigError as e:
@@ -366,7 +385,7 @@ def _stage_train(cfg: ExperimentConfig, run: Run, out: Path, data: dict[str, Any
     data_file = out / "03_data" / data["files"][run.scenario]["file"]
     overrides: dict[str, Any] = {
         "model": cfg.model, "precision": cfg.precision, "train_data": [f"file:{data_file}"],
-        "output_dir": str(d), "num_train_epochs": cfg.epochs, "per_device_train_batch_size": cfg.batch_size,
+        "output_dir": str(d), "num_train_epochs": run_epochs(cfg, run.method), "per_device_train_batch_size": cfg.batch_size,
         "learning_rate": cfg.learning_rate, "lora_r": cfg.lora_r, "lora_alpha": cfg.lora_alpha,
         "max_length": cfg.max_length, "seed": run.seed, "safety_samples": cfg.safety_samples,
         "save_strategy": "no", "report_to": ["tensorboard"],

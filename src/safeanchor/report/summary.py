@@ -9,7 +9,9 @@ a self-contained ``report.html`` (PNGs inlined as base64) and the PNGs themselve
                "drift_cos": [per layer] | null, "train_log": [{"step", "ce", ...}] | null,
                "eval_file": relative path, "train_s", "eval_s", "alpha": the method's coefficient | null}],
      "summary": [{"method", "scenario", "n_seeds", "asr_mean", "asr_sd", ...}],
-     "findings": [str], "paper_table": markdown str}
+     "findings": [{"claim", "scenario", "metric", "judge", "a": {"method", "value"}, "b": {...}, "diff",
+                   "diff_ci95", "p_value", "verdict": holds | does not hold | inconclusive, ...}],
+     "comparisons": [the same records for every method pair and metric], "paper_table": markdown str}
 
 Every number in the report is read from ``results.json``; nothing is computed twice.
 
@@ -63,22 +65,103 @@ def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _cell(row: dict[str, Any], m: str) -> str:
+    """Mean (± seed spread when several seeds) and the pooled 95% interval (items and seeds)."""
     mean = row.get(f"{m}_mean")
-    if row.get(f"{m}_sd") is not None:
-        return f"{fmt_pct(mean)} ± {100 * row[f'{m}_sd']:.1f}"
-    return fmt_pct(mean) + fmt_ci(row.get(f"{m}_ci"))
+    sd = f" ± {100 * row[f'{m}_sd']:.1f}" if row.get(f"{m}_sd") is not None else ""
+    iv = (row.get("intervals") or {}).get(m) or {}
+    if iv:
+        sd = f" ± {100 * iv['seed_sd']:.1f}" if iv.get("seed_sd") is not None else sd
+        return fmt_pct(iv["mean"]) + sd + fmt_ci(iv["ci95"])
+    return fmt_pct(mean) + sd + fmt_ci(row.get(f"{m}_pooled_ci") or row.get(f"{m}_ci"))
 
 
 def results_table_md(summary: list[dict[str, Any]]) -> str:
-    lines = ["| scenario | method | α | ASR ↓ | over-refusal ↓ | task accuracy ↑ | drift: mean cos ↑ | min cos | seeds |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| scenario | method | α | ASR ↓ (extended judge) | ASR ↓ (reference list, anywhere) | over-refusal ↓ | "
+             "task accuracy ↑ | drift: mean cos ↑ | min cos | seeds |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in summary:
-        dm = "—" if r["drift_cos_mean"] is None else f"{r['drift_cos_mean']:.3f}"
-        dmin = "—" if r["drift_cos_min"] is None else f"{r['drift_cos_min']:.3f}"
+        dm = "—" if r.get("drift_cos_mean") is None else f"{r['drift_cos_mean']:.3f}"
+        dmin = "—" if r.get("drift_cos_min") is None else f"{r['drift_cos_min']:.3f}"
         alpha = "—" if r.get("alpha") is None else f"{r['alpha']:g}"
-        lines.append(f"| {r['scenario']} | {r['method']} | {alpha} | {_cell(r, 'asr')} | {_cell(r, 'over_refusal')} | "
-                     f"{_cell(r, 'task_acc')} | {dm} | {dmin} | {r['n_seeds']} |")
+        lines.append(f"| {r['scenario']} | {r['method']} | {alpha} | {_cell(r, 'asr')} | {_cell(r, 'asr_reference')} | "
+                     f"{_cell(r, 'over_refusal')} | {_cell(r, 'task_acc')} | {dm} | {dmin} | {r['n_seeds']} |")
     return "\n".join(lines)
+
+
+def per_source_md(summary: list[dict[str, Any]]) -> str:
+    """ASR per harmful source (e.g. the bundled test split and HarmBench), both judges."""
+    sources = sorted({m.split("@", 1)[1] for r in summary for m in (r.get("intervals") or {})
+                      if m.startswith("asr@")})
+    if len(sources) < 2:
+        return ""
+    head = "| scenario | method | " + " | ".join(f"{s}: extended | {s}: reference" for s in sources) + " |"
+    lines = [head, "|" + "---|" * (2 + 2 * len(sources))]
+    for r in summary:
+        cells = []
+        for s in sources:
+            cells += [_cell(r, f"asr@{s}"), _cell(r, f"asr_reference@{s}")]
+        lines.append(f"| {r['scenario']} | {r['method']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _pts(x: float | None) -> str:
+    return "—" if x is None else f"{100 * x:+.1f}"
+
+
+def findings_md(findings: list[Any]) -> str:
+    """The claims as a table: values, paired difference with its 95% interval, p-value, verdict."""
+    if findings and isinstance(findings[0], str):  # results.json written before findings were records
+        return "\n".join(f"* {f}" for f in findings)
+    lines = ["| scenario | claim | judge | b | a | diff (pts) [95% CI] | p | verdict | seeds × items |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for f in findings:
+        pct = not f["metric"].startswith("drift")
+        val = (lambda x: fmt_pct(x)) if pct else (lambda x: "—" if x is None else f"{x:.3f}")
+        diff = _pts(f["diff"]) if pct else f"{f['diff']:+.3f}"
+        ci = f["diff_ci95"]
+        ci_s = "" if ci is None else (f" [{_pts(ci[0])}, {_pts(ci[1])}]" if pct else f" [{ci[0]:+.3f}, {ci[1]:+.3f}]")
+        p = "—" if f.get("p_value") is None else f"{f['p_value']:.3g}"
+        a = f"{f['a']['method']} {val(f['a']['value'])}"
+        lines.append(f"| {f['scenario']} | {f['claim']} | {f.get('judge') or '—'} | {f['b']['method']} "
+                     f"{val(f['b']['value'])} | {a} | {diff}{ci_s} | {p} | **{f['verdict']}** | "
+                     f"{f['n_seeds']} × {f['n_items']} |")
+    return "\n".join(lines)
+
+
+def comparisons_md(comps: list[dict[str, Any]], against: tuple[str, ...] = ("sft", "sft_safe")) -> str:
+    """Each method against the baselines (all pairs are in results.json), on ASR and task accuracy."""
+    keep = [c for c in comps if c["a"]["method"] in against and c["metric"] in ("asr", "asr_reference", "task_acc")]
+    if not keep:
+        return ""
+    lines = ["| scenario | b vs a | metric | diff (pts) [95% CI] | p | b better? |", "|---|---|---|---|---|---|"]
+    for c in keep:
+        lo, hi = c["diff_ci95"]
+        lines.append(f"| {c['scenario']} | {c['b']['method']} vs {c['a']['method']} | {c['metric']} | "
+                     f"{_pts(c['diff'])} [{_pts(lo)}, {_pts(hi)}] | {c['p_value']:.3g} | {c['verdict']} |")
+    return "\n".join(lines)
+
+
+CSV_COLUMNS = ("scenario", "method", "alpha", "n_seeds")
+
+
+def results_csv(summary: list[dict[str, Any]]) -> str:
+    """The results table as CSV: per metric the mean, seed spread and pooled 95% interval."""
+    import csv
+    import io
+
+    metrics = list(dict.fromkeys(m for r in summary for m in (r.get("intervals") or {})))
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow([*CSV_COLUMNS, *[f"{m}_{k}" for m in metrics for k in ("mean", "seed_sd", "ci_low", "ci_high")],
+                "drift_cos_mean", "drift_cos_min"])
+    for r in summary:
+        cells: list[Any] = [r["scenario"], r["method"], r.get("alpha"), r["n_seeds"]]
+        for m in metrics:
+            iv = (r.get("intervals") or {}).get(m) or {}
+            ci = iv.get("ci95") or [None, None]
+            cells += [iv.get("mean"), iv.get("seed_sd"), ci[0], ci[1]]
+        w.writerow([*cells, r.get("drift_cos_mean"), r.get("drift_cos_min")])
+    return buf.getvalue()
 
 
 def provenance_md(results: dict[str, Any]) -> str:
@@ -109,13 +192,26 @@ def write_report(results: dict[str, Any], out_dir: str | Path) -> dict[str, Path
     parts_md = [f"# {title}", "",
                 results.get("intro", ""), "",
                 "## Results", "",
-                "ASR = share of held-out harmful prompts *not* refused (keyword judge, see provenance); "
-                "over-refusal = share of harmless prompts refused; task accuracy = exact match on the task's fixed "
-                "test set. Brackets: 95% Wilson interval (one seed); ± : seed standard deviation.", "",
+                "ASR = share of held-out harmful prompts *not* refused, under two keyword judges side by side: "
+                "safeanchor's extended judge (patterns in the first characters) and the papers' reference list "
+                "matched anywhere in the answer (what the ProCon paper reports); over-refusal = share of harmless "
+                "prompts refused; task accuracy = exact match on the task's fixed test set. ± : standard deviation "
+                "over seeds; brackets: pooled 95% interval (bootstrap over items and seeds).", "",
                 results_table_md(summary), ""]
+    sources = per_source_md(summary)
+    if sources:
+        parts_md += ["### ASR per harmful source", "", sources, ""]
     if results.get("findings"):
-        parts_md += ["## Findings (measured here, against the paper's claims)", ""]
-        parts_md += [f"* {f}" for f in results["findings"]] + [""]
+        parts_md += ["## Findings: the claims, decided by paired 95% intervals", "",
+                     "Each claim compares two methods on the same prompts and task items (b − a; ASR claims under "
+                     "both judges). The verdict comes from the interval alone: **holds** when the whole interval is "
+                     "on the claim's side of its bound, **does not hold** when the whole interval is on the other "
+                     "side, **inconclusive** when it contains the bound. p: McNemar exact (one seed) or a sign-flip "
+                     "permutation test over items (several seeds).", "",
+                     findings_md(results["findings"]), ""]
+    comps = comparisons_md(results.get("comparisons") or [])
+    if comps:
+        parts_md += ["### Against the baselines (every pair is in results.json)", "", comps, ""]
     captions = {"safety_utility": "Safety–utility: task accuracy vs ASR, one point per method and scenario.",
                 "drift": "Per-layer cosine between the starting model's r-direction and each fine-tuned model's.",
                 "training": "Training curves: cross-entropy and constraint value per step."}
@@ -128,11 +224,13 @@ def write_report(results: dict[str, Any], out_dir: str | Path) -> dict[str, Path
     parts_md += ["## Provenance", "", provenance_md(results), "",
                  "Configuration:", "", "```", _yamlish(results.get("config", {})), "```", ""]
     md = "\n".join(parts_md)
+    csv_path = out_dir / "results.csv"
+    atomic_write_text(csv_path, results_csv(summary))
     md_path = out_dir / "report.md"
     atomic_write_text(md_path, md)
     html_path = out_dir / "report.html"
     atomic_write_text(html_path, markdown_to_html(md, out_dir, title))
-    return {"md": md_path, "html": html_path, **figs}
+    return {"md": md_path, "html": html_path, "csv": csv_path, **figs}
 
 
 def _yamlish(cfg: dict[str, Any]) -> str:

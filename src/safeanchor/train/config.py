@@ -30,6 +30,7 @@ from .schedules import SCHEDULES, UNITS, Schedule
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 PADDING_SIDES = ("right", "left")
+PLACEMENTS = ("before", "inside")
 
 
 @dataclass
@@ -73,6 +74,11 @@ class SafeTrainingConfig(TrainingArguments):
                 "safety data); None = the method's default (procon_wu 1, procon_wu_safe 0.5, else 0)"})
     schedule_unit: str | None = field(default=None, metadata={
         "help": "unit of schedule_length: epoch or step; None = the method's default (epoch)"})
+    warmup_placement: str | None = field(default=None, metadata={
+        "help": "where a warmup schedule's schedule_length sits: before (the paper: the warm-up has its own "
+                "learning-rate schedule, then the standard run starts a fresh one; num_train_epochs counts both, "
+                "m + n) or inside (one learning-rate schedule over the whole run); None = the method's default "
+                "(procon_wu*: before, else inside)"})
     regularizer_options: dict = field(default_factory=dict, metadata={
         "help": "options per method component, e.g. {procon: {anchor: online, norm: square}}, {asft: "
                 "{unaligned_model: ...}}, {safe_lora: {mode: number, k: 10}}; each component validates its own"})
@@ -161,6 +167,7 @@ class SafeTrainingConfig(TrainingArguments):
 
         from ..methods import components, resolve_method
 
+        explicit_placement = self.warmup_placement is not None
         try:
             plan = resolve_method(self.method)
         except ValueError as e:
@@ -185,17 +192,19 @@ class SafeTrainingConfig(TrainingArguments):
                 self.schedule()
             except ValueError as e:
                 raise ConfigError(str(e)) from None
+        self._check_placement(explicit_placement)
         super().__post_init__()
 
     def _resolve_coefficient(self, plan) -> None:
         """α and its schedule, once: explicit values win, then the method's defaults, then the global ones."""
         defaults = {"alpha_schedule": "constant", "alpha_after": 0.0, "schedule_length": 0.0, "schedule_unit": "epoch",
-                    **dict(plan.schedule)}
+                    "warmup_placement": "inside", **dict(plan.schedule)}
         for name, value in defaults.items():
             if getattr(self, name) is None:
                 setattr(self, name, value)
         _one_of("alpha_schedule", self.alpha_schedule, SCHEDULES)
         _one_of("schedule_unit", self.schedule_unit, UNITS)
+        _one_of("warmup_placement", self.warmup_placement, PLACEMENTS)
         if plan.coefficient is None:
             if self.alpha is not None:
                 raise ConfigError(f"alpha: method {self.method!r} has no coefficient (alpha is for methods with one: "
@@ -204,6 +213,28 @@ class SafeTrainingConfig(TrainingArguments):
         if self.alpha is None:
             self.alpha = float(plan.default)
         self.alpha = float(self.alpha)
+
+    def _check_placement(self, explicit: bool) -> None:
+        """A warm-up placed before the standard run needs a run longer than the warm-up."""
+        if self.warmup_placement != "before":
+            return
+        if self.alpha_schedule != "warmup":
+            if explicit:
+                raise ConfigError(f"warmup_placement=before needs alpha_schedule=warmup; got {self.alpha_schedule!r}")
+            return
+        m = float(self.schedule_length)
+        if self.schedule_unit == "epoch" and self.max_steps <= 0 and not float(self.num_train_epochs) > m:
+            raise ConfigError(f"num_train_epochs={self.num_train_epochs!r} must exceed schedule_length={m:g}: with "
+                              "warmup_placement=before, num_train_epochs counts the m warm-up epochs and the n epochs "
+                              "of the standard run (m + n)")
+        if self.schedule_unit == "step" and self.max_steps > 0 and not self.max_steps > m:
+            raise ConfigError(f"max_steps={self.max_steps} must exceed schedule_length={m:g} warm-up steps "
+                              "(warmup_placement=before)")
+
+    @property
+    def warmup_before(self) -> bool:
+        """The paper's ProCon_wu: the warm-up gets its own learning-rate schedule, then a fresh one starts."""
+        return self.alpha is not None and self.alpha_schedule == "warmup" and self.warmup_placement == "before"
 
     # ---- derived --------------------------------------------------------------------------------
 
@@ -234,7 +265,8 @@ class SafeTrainingConfig(TrainingArguments):
 # and a finished run in the output folder is "the same run" only when all of them agree.
 RESULT_KEYS = (
     "model", "precision", "train_data", "train_columns", "max_train_samples", "max_length", "padding_side",
-    "method", "alpha", "alpha_schedule", "alpha_after", "schedule_length", "schedule_unit", "regularizer_options",
+    "method", "alpha", "alpha_schedule", "alpha_after", "schedule_length", "schedule_unit", "warmup_placement",
+    "regularizer_options",
     "safety_samples", "safety_harmful", "safety_refusals", "safety_seed", "use_lora", "lora_r", "lora_alpha",
     "lora_dropout", "lora_target_modules", "learning_rate", "per_device_train_batch_size",
     "gradient_accumulation_steps", "num_train_epochs", "max_steps", "seed", "lr_scheduler_type", "warmup_steps",

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import random
 from collections import defaultdict
 from pathlib import Path
@@ -145,6 +146,48 @@ class SafeTrainer(Trainer):
         for cb in self.callback_handler.callbacks:
             if hasattr(cb, "tensorboard") and cb.tensorboard is None:
                 cb.tensorboard = tb
+
+    # ---- the paper's warm-up: its own learning-rate schedule, then a fresh one ------------------
+
+    def set_initial_training_values(self, args, dataloader, *a, **kw):
+        values = super().set_initial_training_values(args, dataloader, *a, **kw)
+        self._steps_per_epoch = values[1]  # optimizer updates per epoch (what state.epoch counts in)
+        return values
+
+    def warmup_boundary(self, num_training_steps: int) -> int | None:
+        """With ``warmup_placement=before``: the number of warm-up updates (the steps whose α is the
+        warm-up's), else None. The same rule as the α schedule: step s is in the warm-up while
+        s / steps_per_epoch < m (unit epoch) or s < m (unit step)."""
+        if not getattr(self.args, "warmup_before", False):
+            return None
+        m = float(self.args.schedule_length)
+        if self.args.schedule_unit == "step":
+            b = math.ceil(m - 1e-9)
+        else:
+            b = math.ceil(m * self._steps_per_epoch - 1e-9)
+        if not 0 < b < num_training_steps:
+            raise ValueError(f"warmup_placement=before: the warm-up ({b} updates) must be shorter than the run "
+                             f"({num_training_steps} updates)")
+        return b
+
+    def create_scheduler(self, num_training_steps: int, optimizer=None):
+        b = self.warmup_boundary(num_training_steps) if self.lr_scheduler is None else None
+        if b is None:
+            return super().create_scheduler(num_training_steps, optimizer)
+        from torch.optim.lr_scheduler import LambdaLR
+        from transformers import get_scheduler
+
+        optimizer = self.optimizer if optimizer is None else optimizer
+
+        def phase(n: int):
+            return get_scheduler(self.args.lr_scheduler_type, optimizer=optimizer,
+                                 num_warmup_steps=self.args.get_warmup_steps(n), num_training_steps=n,
+                                 scheduler_specific_kwargs=self.args.lr_scheduler_kwargs).lr_lambdas
+        first, rest = phase(b), phase(num_training_steps - b)
+        self.lr_scheduler = LambdaLR(optimizer, [_restart(f, r, b) for f, r in zip(first, rest)])
+        self._created_lr_scheduler = True
+        self.warmup_updates = b
+        return self.lr_scheduler
 
     # ---- the loss ----------------------------------------------------------------------------
 
@@ -281,6 +324,17 @@ class SafeTrainer(Trainer):
         if (folder / TRAINER_STATE_FILE).is_file():
             saved = read_json(folder / TRAINER_STATE_FILE)
             self.step_log = [row for row in saved.get("step_log", []) if row["step"] < saved["global_step"]]
+
+
+def _restart(first, rest, boundary: int):
+    """A learning-rate factor in two phases: ``first`` for the warm-up's ``boundary`` updates, then
+    ``rest`` from its own step 0 (the standard run's fresh schedule). A plain function, so the
+    scheduler's checkpoint holds only its step count (LambdaLR saves callable objects' state)."""
+
+    def factor(step: int) -> float:
+        return first(step) if step < boundary else rest(step - boundary)
+
+    return factor
 
 
 def _arg(explicit, args, name: str, default):
