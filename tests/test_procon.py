@@ -253,7 +253,7 @@ def test_anchor_cache_rows_follow_sample_idx():
 def test_state_dict_round_trip_skips_recomputation(tmp_path, tiny_tokenizer, data):
     trainer, reg = make_trainer(tmp_path / "a", tiny_tokenizer, data)
     state = reg.state_dict()
-    assert set(state) == {"directions", "layers", "anchor_values", "anchor_offsets"}
+    assert set(state) == {"directions", "layers", "anchor_values", "anchor_offsets", "refusal_gap"}
     fresh = ProCon(ProConConfig(**reg.config.__dict__))
     fresh.load_state_dict(state)
     other, _ = make_trainer(tmp_path / "b", tiny_tokenizer, data)
@@ -314,3 +314,97 @@ def test_warmup_inside_keeps_one_schedule_and_before_needs_a_longer_run(tmp_path
         tiny_config(tmp_path, data, method="procon_wu", num_train_epochs=1, schedule_length=1)
     with pytest.raises(ConfigError, match="warmup_placement=before needs alpha_schedule=warmup"):
         tiny_config(tmp_path, data, method="procon", warmup_placement="before")
+
+
+# ---------------------------------------------------------------------------------------------
+# Scale options (extensions): alpha_units, layer_scale, huber; the gradient; α changes the update
+# ---------------------------------------------------------------------------------------------
+
+
+def test_penalty_scale_options_formula():
+    z0 = torch.tensor([[1.0, 10.0], [2.0, 20.0], [3.0, 30.0]])
+    z = z0 + torch.tensor([[0.5, 5.0], [0.05, -0.5], [-1.0, 10.0]])
+    owner = torch.tensor([0, 0, 1])
+    paper = procon_penalty(z, z0, owner, n_samples=2, cfg=ProConConfig())
+    assert float(paper) == pytest.approx(((0.5 + 5 + 0.05 + 0.5) + (1 + 10)) / 2)
+    scaled = procon_penalty(z, z0, owner, n_samples=2, cfg=ProConConfig(), layer_scale=torch.tensor([1.0, 10.0]),
+                            units=4.0)
+    assert float(scaled) == pytest.approx(((0.5 + 0.5 + 0.05 + 0.05) + (1 + 1)) / 2 / 4)
+    huber = procon_penalty(z, z0, owner, n_samples=2, cfg=ProConConfig(norm="huber", huber_delta=0.1))
+    # |d| < 0.1 is quadratic (0.05 -> 0.5 * 0.05**2 / 0.1), the rest linear (|d| - 0.05)
+    want = ((0.45 + 4.95 + 0.0125 + 0.45) + (0.95 + 9.95)) / 2
+    assert float(huber) == pytest.approx(want)
+    with pytest.raises(ValueError, match="layer_scale=z0_std reads the anchor cache"):
+        ProConConfig(layer_scale="z0_std", anchor="online")
+    with pytest.raises(ValueError, match="alpha_units must be one of"):
+        ProConConfig(alpha_units="token")
+
+
+def test_per_token_layer_units_and_layer_scales_at_setup(tmp_path, tiny_tokenizer, data):
+    plain, reg_p = make_trainer(tmp_path / "p", tiny_tokenizer, data)
+    units, reg_u = make_trainer(tmp_path / "u", tiny_tokenizer, data, alpha_units="per_token_layer",
+                                layer_scale="z0_std")
+    counts = units.train_dataset.response_counts()
+    assert reg_u.units == pytest.approx(len(reg_u.layers) * sum(counts) / len(counts))
+    assert reg_u.layer_scale.shape == (len(reg_u.layers),) and bool((reg_u.layer_scale > 0).all())
+    batch = first_batch(plain)
+    for trainer in (plain, units):
+        nudge_lora(trainer.model, 0.2)
+    p, u = float(penalty_on(plain, reg_p, batch, False)), float(penalty_on(units, reg_u, batch, False))
+    assert p > 0 and u > 0 and u != pytest.approx(p)
+    scale = reg_u.layer_scale
+    reg_u.layer_scale = torch.ones_like(scale)  # the same model and anchors: only the divisors differ
+    assert float(penalty_on(units, reg_u, batch, False)) == pytest.approx(p / reg_u.units, rel=1e-5)
+    reg_u.layer_scale = scale
+    gap, reg_g = make_trainer(tmp_path / "g", tiny_tokenizer, data, layer_scale="refusal_gap")
+    assert reg_g.layer_scale.shape == (len(reg_g.layers),) and bool((reg_g.layer_scale > 0).all())
+
+
+def test_penalty_gradient_matches_finite_differences(tmp_path, tiny_tokenizer, data):
+    trainer, reg = make_trainer(tmp_path, tiny_tokenizer, data, norm="square")
+    nudge_lora(trainer.model, 0.1)
+    batch = first_batch(trainer)
+    param = next(p for n, p in trainer.model.named_parameters() if "lora_B" in n)
+    trainer.model.eval()
+    value = penalty_on(trainer, reg, batch, train_mode=False)
+    (grad,) = torch.autograd.grad(value, [param])
+    g = torch.Generator().manual_seed(3)
+    direction = torch.randn(param.shape, generator=g)
+    direction /= direction.norm()
+    eps = 1e-2
+    with torch.no_grad():
+        param.add_(eps * direction)
+        up = float(penalty_on(trainer, reg, batch, train_mode=False))
+        param.sub_(2 * eps * direction)
+        down = float(penalty_on(trainer, reg, batch, train_mode=False))
+        param.add_(eps * direction)
+    numeric = (up - down) / (2 * eps)
+    analytic = float((grad * direction).sum())
+    assert analytic != 0 and numeric == pytest.approx(analytic, rel=2e-2)
+
+
+def test_alpha_changes_the_update(tmp_path, tiny_tokenizer, data):
+    def adapter(alpha, sub):
+        res = run_tiny(tmp_path / sub, tiny_tokenizer, data, method="procon", alpha=alpha, zero_penalty_guard_steps=0,
+                       max_steps=3)
+        return {n: p.detach().clone() for n, p in res.model.named_parameters() if "lora_" in n}, res
+    a0, r0 = adapter(0.0, "a0")
+    a1, r1 = adapter(1.0, "a1")
+    assert [s["ce"] for s in r0.steps][0] == [s["ce"] for s in r1.steps][0]  # same first batch
+    assert r1.steps[1]["procon/raw"] > 0 and "procon/ratio" in r1.steps[1]
+    assert any(not torch.equal(a0[n], a1[n]) for n in a0)
+
+
+@pytest.mark.parametrize("anchor", ["cached", "online"])
+def test_last_prompt_position_is_anchored_too(tmp_path, tiny_tokenizer, data, anchor):
+    trainer, reg = make_trainer(tmp_path, tiny_tokenizer, data, anchor=anchor, positions="response_and_last_prompt")
+    batch = first_batch(trainer)
+    mask = reg.constrained_mask(batch["labels"])
+    response = batch["labels"] != -100
+    assert int(mask.sum()) == int(response.sum()) + int(response.any(dim=1).sum())
+    for row in range(mask.shape[0]):
+        first = int(response[row].int().argmax())
+        assert bool(mask[row, first - 1]) and not bool(response[row, first - 1])
+    assert float(penalty_on(trainer, reg, batch)) == 0.0  # exact at step 0 with the extra position
+    nudge_lora(trainer.model, 0.2)
+    assert float(penalty_on(trainer, reg, batch, train_mode=False)) > 0

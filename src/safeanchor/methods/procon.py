@@ -48,8 +48,11 @@ from ..data.batches import forward_inputs
 log = logging.getLogger(__name__)
 
 ANCHOR_MODES = ("cached", "online")
-NORMS = ("abs", "square")
+NORMS = ("abs", "square", "huber")
 REDUCTIONS = ("sum", "mean")
+ALPHA_UNITS = ("sum", "per_token_layer")
+POSITIONS = ("response", "response_and_last_prompt")
+LAYER_SCALES = ("none", "z0_std", "refusal_gap")
 
 
 @dataclass
@@ -67,6 +70,23 @@ class ProConConfig:
         "help": "over a sample's response tokens: sum (paper) or mean"})
     layer_reduction: str = field(default="sum", metadata={"help": "over constrained layers: sum (paper) or mean"})
     sample_reduction: str = field(default="mean", metadata={"help": "over the samples of a batch: mean (paper) or sum"})
+    alpha_units: str = field(default="sum", metadata={
+        "help": "what α multiplies: sum (paper: Σ_l Σ_j |z − z0|, whose weight against the CE grows with the "
+                "layers L_c and the response length m̄) or per_token_layer (the same sum divided by L_c·m̄, m̄ = the "
+                "training set's mean response tokens per sample: the paper's objective rescaled so that α means the "
+                "same on any model and data; an extension)"})
+    layer_scale: str = field(default="none", metadata={
+        "help": "divide each layer's z − z0 by a scale of that layer: none (paper), z0_std (the std of the "
+                "anchors z0 over the training set's response tokens; anchor=cached) or refusal_gap (‖μ_harmful − "
+                "μ_harmless‖ at the layer, from the direction's extraction); an extension: hidden-state scale grows "
+                "with depth, so the literal sum weighs deep layers most"})
+    positions: str = field(default="response", metadata={
+        "help": "the constrained token positions: response (the paper: the response tokens only) or "
+                "response_and_last_prompt (also the last prompt token, where the model decides to refuse and where "
+                "the r-direction was measured; an extension beyond the paper)"})
+    huber_delta: float = field(default=0.1, metadata={
+        "help": "norm=huber: the distance (in units of layer_scale, or raw units with layer_scale none) below which "
+                "the penalty is quadratic, so its gradient fades near the anchor instead of the L1 sign's constant"})
     direction: str | None = field(default=None, metadata={
         "help": "a saved RefusalDirection folder of the ORIGINAL model; default: extract it at setup"})
     direction_harmful: str = field(default="bundled:harmful:train", metadata={
@@ -79,7 +99,8 @@ class ProConConfig:
 
     def __post_init__(self) -> None:
         for name, allowed in (("anchor", ANCHOR_MODES), ("norm", NORMS), ("token_reduction", REDUCTIONS),
-                              ("layer_reduction", REDUCTIONS), ("sample_reduction", REDUCTIONS)):
+                              ("layer_reduction", REDUCTIONS), ("sample_reduction", REDUCTIONS),
+                              ("alpha_units", ALPHA_UNITS), ("layer_scale", LAYER_SCALES), ("positions", POSITIONS)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"procon.{name} must be one of {', '.join(allowed)}; got {getattr(self, name)!r}")
         if self.layers != "all":
@@ -89,6 +110,11 @@ class ProConConfig:
                     or not all(isinstance(l, int) and not isinstance(l, bool) and l >= 0 for l in self.layers)):
                 raise ValueError(f"procon.layers must be 'all' or a non-empty list of layer indices >= 0; got {self.layers!r}")
             self.layers = sorted(set(self.layers))
+        if (isinstance(self.huber_delta, bool) or not isinstance(self.huber_delta, (int, float))
+                or not math.isfinite(self.huber_delta) or self.huber_delta <= 0):
+            raise ValueError(f"procon.huber_delta must be a number > 0; got {self.huber_delta!r}")
+        if self.layer_scale == "z0_std" and self.anchor != "cached":
+            raise ValueError("procon.layer_scale=z0_std reads the anchor cache: it needs anchor=cached")
         for name in ("direction_samples", "direction_batch_size"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ValueError(f"procon.{name} must be an integer >= 1; got {getattr(self, name)!r}")
@@ -116,19 +142,29 @@ def response_projections(hidden_states: Sequence[torch.Tensor], response_mask: t
 
 
 def procon_penalty(z: torch.Tensor, z0: torch.Tensor, owner: torch.Tensor, *, n_samples: int,
-                   cfg: ProConConfig) -> torch.Tensor:
+                   cfg: ProConConfig, layer_scale: torch.Tensor | None = None, units: float = 1.0) -> torch.Tensor:
     """Reduce ``|z − z0|`` ``(N_tokens, L_c)`` to a scalar: layers, then tokens per sample, then samples.
 
-    ``owner`` ``(N_tokens,)`` is the batch row of each token.
+    ``owner`` ``(N_tokens,)`` is the batch row of each token; ``layer_scale`` ``(L_c,)`` divides each
+    layer's difference (``layer_scale`` option); the result is divided by ``units`` (``alpha_units``).
     """
     diff = z - z0
-    dist = diff.abs() if cfg.norm == "abs" else diff.square()  # (N, L_c)
+    if layer_scale is not None:
+        diff = diff / layer_scale.to(diff.device, diff.dtype)
+    if cfg.norm == "abs":
+        dist = diff.abs()  # (N, L_c)
+    elif cfg.norm == "square":
+        dist = diff.square()
+    else:  # huber: quadratic below delta (the gradient fades near the anchor), linear above
+        a, delta = diff.abs(), float(cfg.huber_delta)
+        dist = torch.where(a < delta, 0.5 * a.square() / delta, a - 0.5 * delta)
     per_token = dist.sum(-1) if cfg.layer_reduction == "sum" else dist.mean(-1)  # (N,)
     per_sample = torch.zeros(n_samples, device=z.device, dtype=per_token.dtype).index_add(0, owner, per_token)  # (B,)
     if cfg.token_reduction == "mean":
         counts = torch.bincount(owner, minlength=n_samples).clamp(min=1)
         per_sample = per_sample / counts
-    return per_sample.mean() if cfg.sample_reduction == "mean" else per_sample.sum()
+    out = per_sample.mean() if cfg.sample_reduction == "mean" else per_sample.sum()
+    return out / units if units != 1.0 else out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -227,6 +263,9 @@ class ProCon(Regularizer):
         self.anchors: AnchorCache | None = None
         self._model = None
         self._frozen = None  # full fine-tuning + online: a frozen copy of the original model
+        self.layer_scale: torch.Tensor | None = None  # (L_c,) the layer_scale option's divisors
+        self.units = 1.0  # the alpha_units option's divisor (L_c·m̄ for per_token_layer)
+        self._gap: torch.Tensor | None = None  # (L,) ‖μ_h − μ_b‖ per layer, from the extraction
 
     # -- setup ---------------------------------------------------------------------------------
 
@@ -281,8 +320,32 @@ class ProCon(Regularizer):
             report["online_reference"] = "frozen copy of the original model"
         else:
             report["online_reference"] = "adapters disabled"
+        report.update(self._setup_scales(trainer))
         log.info("procon: %d layers %s, anchors %s", len(layers), layers, cfg.anchor)
         return report
+
+    def _setup_scales(self, trainer) -> dict[str, Any]:
+        """The divisors of the scale options (constants of the original model and the data)."""
+        cfg = self.config
+        out: dict[str, Any] = {}
+        if cfg.alpha_units == "per_token_layer":
+            counts = self.position_counts(trainer.train_dataset)
+            m_bar = sum(counts) / max(1, len(counts))
+            if m_bar <= 0:
+                raise RegularizerSetupError("procon: alpha_units=per_token_layer needs response tokens")
+            self.units = float(len(self.layers) * m_bar)
+            out.update(alpha_units_divisor=self.units, mean_response_tokens=m_bar)
+        if cfg.layer_scale == "z0_std":
+            vals = self.anchors.values  # (N_tokens, L_c)
+            self.layer_scale = vals.to(torch.float64).std(dim=0).clamp_min(1e-12).to(torch.float32)
+        elif cfg.layer_scale == "refusal_gap":
+            if self._gap is None:
+                raise RegularizerSetupError("procon: layer_scale=refusal_gap needs the direction's mean difference "
+                                            "(restored runs keep it in the checkpoint)")
+            self.layer_scale = self._gap[self.layers].clamp_min(1e-12).to(torch.float32)
+        if self.layer_scale is not None:
+            out["layer_scale_values"] = [round(float(v), 6) for v in self.layer_scale]
+        return out
 
     def _extract_direction(self, trainer) -> dict[str, Any]:
         from ..direction.artifact import RefusalDirection
@@ -313,6 +376,7 @@ class ProCon(Regularizer):
                 f"{n_layers} x {hidden}; it must be the original model's direction")
         unit, _ = unit_rows(rd.unit(pos=-1).to(torch.float64))  # (L, D); zero rows stay zero
         self.directions = unit.to(torch.float32)
+        self._gap = rd.mean_diff[rd.pos_index(-1)].to(torch.float64).norm(dim=-1).to(torch.float32)  # (L,)
         data = rd.info.get("data", {})
         return {"direction_source": source, "direction_model": rd.info.get("model"),
                 "direction_fingerprint": rd.info.get("fingerprint"),
@@ -322,7 +386,7 @@ class ProCon(Regularizer):
     @torch.no_grad()
     def _setup_cache(self, trainer) -> dict[str, Any]:
         dataset = trainer.train_dataset
-        counts = dataset.response_counts()
+        counts = self.position_counts(dataset)
         if self.anchors is not None:
             if self.anchors.n_samples != len(counts) or self.anchors.counts().tolist() != counts:
                 raise RegularizerSetupError(
@@ -348,7 +412,7 @@ class ProCon(Regularizer):
                     new = ~filled[idx]
                     with trainer.autocast_smart_context_manager():
                         hs = decoder(**forward_inputs(batch), output_hidden_states=True).hidden_states
-                    mask = batch["labels"] != IGNORE_INDEX  # (B, T)
+                    mask = self.constrained_mask(batch["labels"])  # (B, T)
                     z0 = response_projections(hs, mask, self.layers, directions)  # (N, L_c)
                     keep = new.to(mask.device)[:, None].expand_as(mask)[mask]
                     cache.put(idx[new], z0[keep])
@@ -376,6 +440,31 @@ class ProCon(Regularizer):
                 batch = trainer.data_collator([trainer.train_dataset[i] for i in missing[start:start + bs]])
                 yield {k: v.to(device) for k, v in batch.items()}
 
+    # -- the constrained positions ---------------------------------------------------------------
+
+    def constrained_mask(self, labels: torch.Tensor) -> torch.Tensor:
+        """``(B, T)`` bool: the response tokens (labels kept), plus the last prompt token with
+        ``positions=response_and_last_prompt``."""
+        mask = labels != IGNORE_INDEX
+        if self.config.positions == "response":
+            return mask
+        has = mask.any(dim=1)
+        first = mask.int().argmax(dim=1)  # the first response position of each row
+        if bool((has & (first == 0)).any()):
+            raise RuntimeError("procon positions=response_and_last_prompt: a sample's response starts at position 0 "
+                               "(no prompt token before it)")
+        rows = torch.arange(labels.shape[0], device=labels.device)[has]
+        mask = mask.clone()
+        mask[rows, first[has] - 1] = True
+        return mask
+
+    def position_counts(self, dataset) -> list[int]:
+        """Constrained tokens per training sample (the anchor cache's layout)."""
+        counts = dataset.response_counts()
+        if self.config.positions == "response":
+            return counts
+        return [c + 1 if c > 0 else 0 for c in counts]
+
     # -- the penalty -----------------------------------------------------------------------------
 
     def __call__(self, model: torch.nn.Module, inputs: dict[str, torch.Tensor], outputs: Any) -> torch.Tensor:
@@ -383,7 +472,7 @@ class ProCon(Regularizer):
             raise RuntimeError("procon: setup(trainer) must run before the penalty is computed")
         if outputs.hidden_states is None:
             raise RuntimeError("procon needs the forward run with output_hidden_states=True")
-        mask = inputs["labels"] != IGNORE_INDEX  # (B, T)
+        mask = self.constrained_mask(inputs["labels"])  # (B, T)
         device = mask.device
         directions = self.directions[self.layers].to(device)  # (L_c, D)
         z = response_projections(outputs.hidden_states, mask, self.layers, directions)  # (N, L_c)
@@ -393,7 +482,8 @@ class ProCon(Regularizer):
                 f"procon: the batch has {z.shape[0]} response tokens but the anchors cover {z0.shape[0]}; "
                 "the anchor cache was built for a different tokenisation or max_length")
         owner = torch.arange(mask.shape[0], device=device)[:, None].expand_as(mask)[mask]  # (N,)
-        return procon_penalty(z, z0, owner, n_samples=mask.shape[0], cfg=self.config)
+        return procon_penalty(z, z0, owner, n_samples=mask.shape[0], cfg=self.config, layer_scale=self.layer_scale,
+                              units=self.units)
 
     @torch.no_grad()
     def _anchors_for(self, inputs: dict[str, torch.Tensor], mask: torch.Tensor, directions: torch.Tensor) -> torch.Tensor:
@@ -424,12 +514,16 @@ class ProCon(Regularizer):
         if self.anchors is not None:
             state["anchor_values"] = self.anchors.values
             state["anchor_offsets"] = self.anchors.offsets
+        if self._gap is not None:
+            state["refusal_gap"] = self._gap
         return state
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         if "directions" in state:
             self.directions = state["directions"].to(torch.float32)
             self.layers = [int(l) for l in state["layers"].tolist()]
+        if "refusal_gap" in state:
+            self._gap = state["refusal_gap"].to(torch.float32)
         if "anchor_values" in state and self.config.anchor == "cached":
             self.anchors = AnchorCache(state["anchor_values"].to(torch.float32), state["anchor_offsets"].to(torch.long))
 

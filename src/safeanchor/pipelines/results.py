@@ -44,7 +44,7 @@ def _run_row(cfg, out: Path, method: str, scenario: str, seed: int, name: str) -
         row["drift_cos"] = read_json(drift)["cos"]
     tlog = out / "04_train" / name / "train_log.json"
     if tlog.is_file():
-        row["train_log"] = [{k: v for k, v in st.items() if k == "step" or k == "ce" or k.endswith(("/raw", "/coef"))}
+        row["train_log"] = [{k: v for k, v in st.items() if k == "step" or k == "ce" or k.endswith(("/raw", "/coef", "/ratio"))}
                             for st in read_json(tlog)["steps"]]
         stage = read_json(out / "04_train" / name / "stage.json")
         row["train_s"] = stage.get("train_s")

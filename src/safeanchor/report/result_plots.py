@@ -76,31 +76,35 @@ def drift_by_method(runs: list[dict[str, Any]], path: Path) -> Path:
 
 
 def training_curves(runs: list[dict[str, Any]], path: Path) -> Path:
-    """CE per step for every run, and the raw constraint value for runs that have one."""
+    """CE per step for every run (the first seed of each), the raw constraint value, and the
+    weighted constraint over the CE (``<reg>/ratio`` = α·penalty / CE) for runs that have one."""
     plt = _plt()
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 4.5))
-    any_reg = False
-    for r in runs:
+    fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(16, 4.5))
+    any_reg = any_ratio = False
+    first = min((r.get("seed", 0) for r in runs), default=0)
+    for r in [r for r in runs if r.get("seed", 0) == first]:
         log = r["train_log"]
         label = f"{r['method']} ({r['scenario']}, s{r.get('seed', 0)})"
         steps = [e["step"] for e in log if e.get("ce") is not None]
         ax1.plot(steps, [e["ce"] for e in log if e.get("ce") is not None], label=label, lw=1)
-        reg_keys = sorted({k for e in log for k in e if k.endswith("/raw")})
-        for k in reg_keys:
-            pts = [(e["step"], e[k]) for e in log if e.get(k) is not None]
-            if pts:
-                any_reg = True
-                ax2.plot([p[0] for p in pts], [p[1] for p in pts], label=f"{label} {k}", lw=1)
+        for suffix, ax in (("/raw", ax2), ("/ratio", ax3)):
+            for k in sorted({k for e in log for k in e if k.endswith(suffix)}):
+                pts = [(e["step"], e[k]) for e in log if e.get(k) is not None and e.get(k) == e.get(k)]
+                if pts:
+                    any_reg, any_ratio = any_reg or suffix == "/raw", any_ratio or suffix == "/ratio"
+                    ax.plot([p[0] for p in pts], [p[1] for p in pts], label=f"{label} {k}", lw=1)
     ax1.set_title("cross-entropy (response tokens)")
     ax1.set_xlabel("step")
     ax1.grid(alpha=0.3)
     ax1.legend(fontsize=6)
     ax2.set_title("constraint value (unweighted)")
-    ax2.set_xlabel("step")
-    ax2.grid(alpha=0.3)
-    if any_reg:
-        ax2.set_yscale("symlog", linthresh=1e-3)
-        ax2.legend(fontsize=6)
+    ax3.set_title("α · constraint / cross-entropy")
+    for ax, used in ((ax2, any_reg), (ax3, any_ratio)):
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+        if used:
+            ax.set_yscale("symlog", linthresh=1e-3)
+            ax.legend(fontsize=6)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -217,6 +217,8 @@ class SafeTrainer(Trainer):
                 loss = loss + coef * raw
             metrics[f"{name}/raw"] = float(raw.detach())
             metrics[f"{name}/coef"] = coef
+            # the weighted penalty against the task loss: how much of each update the constraint steers
+            metrics[f"{name}/ratio"] = coef * metrics[f"{name}/raw"] / metrics["ce"] if metrics["ce"] > 0 else float("nan")
         for name, coef in coefs.items():
             metrics.setdefault(f"{name}/coef", coef)
         if training:
