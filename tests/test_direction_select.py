@@ -43,12 +43,13 @@ def test_refusal_tokens_come_from_the_family_table(tiny_model, tiny_tokenizer):
 
 
 def test_selection_scores_and_rule(rd, tiny_model, tiny_tokenizer):
-    cfg = SelectConfig(layers=[0, 1, 2], induce_threshold=float("-inf"), kl_threshold=10.0, max_layer_frac=0.6)
+    cfg = SelectConfig(layers=[0, 1, 2], induce_threshold=float("-inf"), kl_threshold=10.0, max_layer_frac=0.67,
+                       filter_prompts=False)
     out = select_direction(tiny_model, tiny_tokenizer, rd, cfg, harmful=HARMFUL[:4], harmless=HARMLESS[:4])
     sel = out.info["selection"]
     by_layer = {c["layer"]: c for c in sel["candidates"]}
     assert by_layer[0]["reason"] == "zero direction" and by_layer[0]["bypass"] is None
-    assert by_layer[2]["reason"] == "layer >= 0.6·L" and not by_layer[2]["passed"]
+    assert by_layer[2]["reason"] == "layer >= int(0.67·L) = 2" and not by_layer[2]["passed"]
     assert by_layer[1]["passed"] and sel["passed_filters"] and sel["dropped_filters"] is None
     assert out.selected == (1, -1) and rd.selected is None  # a copy; the input is untouched
 
@@ -64,12 +65,46 @@ def test_selection_scores_and_rule(rd, tiny_model, tiny_tokenizer):
 
 @pytest.mark.parametrize("kl_threshold,dropped", [(10.0, "induce"), (1e-12, "induce, KL")])
 def test_selection_relaxes_filters_in_order(rd, tiny_model, tiny_tokenizer, kl_threshold, dropped):
-    cfg = SelectConfig(layers=[1, 2], induce_threshold=1e9, kl_threshold=kl_threshold)
+    cfg = SelectConfig(layers=[1, 2], induce_threshold=1e9, kl_threshold=kl_threshold, max_layer_frac=1.0,
+                       filter_prompts=False)
     out = select_direction(tiny_model, tiny_tokenizer, rd, cfg, harmful=HARMFUL[:3], harmless=HARMLESS[:3])
     sel = out.info["selection"]
     assert not sel["passed_filters"] and sel["dropped_filters"] == dropped
-    pool = [c for c in sel["candidates"] if c["kl"] < kl_threshold or dropped == "induce, KL"]
+    pool = [c for c in sel["candidates"] if c["kl"] <= kl_threshold or dropped == "induce, KL"]
     assert out.selected[0] == min(pool, key=lambda c: c["bypass"])["layer"]
+
+
+def test_selection_filters_prompts_as_the_reference_does(rd, tiny_model, tiny_tokenizer, monkeypatch):
+    import safeanchor.direction.select as select
+
+    real = select.refusal_score
+    calls = []
+
+    def scripted(logprobs, token_ids):  # the two baseline calls get scripted scores, the rest are real
+        calls.append(1)
+        n = logprobs.shape[0]
+        if len(calls) == 1:  # harmful: refused (> 0) at even positions only
+            return torch.tensor([1.0 if i % 2 == 0 else -1.0 for i in range(n)], dtype=torch.float64)
+        if len(calls) == 2:  # harmless: refused (>= 0) at position 0 only
+            return torch.tensor([0.5 if i == 0 else -1.0 for i in range(n)], dtype=torch.float64)
+        return real(logprobs, token_ids)
+
+    monkeypatch.setattr(select, "refusal_score", scripted)
+    cfg = SelectConfig(layers=[1], induce_threshold=float("-inf"), kl_threshold=10.0, max_layer_frac=1.0)
+    sel = select_direction(tiny_model, tiny_tokenizer, rd, cfg, harmful=HARMFUL, harmless=HARMLESS).info["selection"]
+    assert sel["n_harmful"] == (len(HARMFUL) + 1) // 2 and sel["n_harmless"] == len(HARMLESS) - 1
+    assert sel["n_before_filter"] == {"harmful": len(HARMFUL), "harmless": len(HARMLESS)}
+    monkeypatch.setattr(select, "refusal_score", real)
+    # the tiny model refuses nothing (every score < 0): no harmful prompt is left, a clear error
+    with pytest.raises(ValueError, match="0 harmful and .* harmless prompts are left"):
+        select_direction(tiny_model, tiny_tokenizer, rd, cfg, harmful=HARMFUL, harmless=HARMLESS)
+
+
+def test_layer_cap_is_int_of_the_fraction_as_in_the_reference(rd, tiny_model, tiny_tokenizer):
+    # L = 3: int(0.8 * 3) = 2, so layer 2 is pruned (0.8 * 3 = 2.4 would have kept it)
+    cfg = SelectConfig(induce_threshold=float("-inf"), kl_threshold=10.0, filter_prompts=False)
+    sel = select_direction(tiny_model, tiny_tokenizer, rd, cfg, harmful=HARMFUL[:3], harmless=HARMLESS[:3])
+    assert sorted(c["layer"] for c in sel.info["selection"]["candidates"]) == [0, 1]
 
 
 def test_select_config_validation():

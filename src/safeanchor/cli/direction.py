@@ -102,6 +102,8 @@ def direction(
     select_layers: Optional[str] = typer.Option(None, help="layers to scan, e.g. 6-20 (default every layer < 0.8·L)"),
     select_positions: str = typer.Option("auto", help="positions to scan: auto (all on GPU, last on CPU), last, all, or -5,-1"),
     select_limit: int = typer.Option(32, help="validation prompts per set for selection"),
+    select_all_prompts: bool = typer.Option(False, help="selection: keep harmful prompts the model does not refuse "
+                                                        "and harmless ones it does (the reference leaves them out)"),
     force: bool = typer.Option(False, "--force", help="replace a direction already in --out"),
 ) -> None:
     """Extract the refusal direction: mean(harmful) - mean(harmless) block inputs, every layer.
@@ -131,7 +133,8 @@ def direction(
         cfg = ExtractConfig(harmful=harmful, harmless=harmless, limit=limit, seed=seed, positions=positions,
                             batch_size=batch_size, max_length=max_length)
         sel_cfg = SelectConfig(limit=select_limit, layers=parse_layers(select_layers),
-                               positions=parse_positions(select_positions), batch_size=batch_size) if select else None
+                               positions=parse_positions(select_positions), batch_size=batch_size,
+                               filter_prompts=not select_all_prompts) if select else None
         m, tok = _load(model, precision)
         timing = {}
         t0 = time.perf_counter()

@@ -8,7 +8,10 @@ For every candidate direction r = r^(l) at position p, on small validation sets:
 * induce = mean refusal score on harmless prompts with r added at block l's input;
 * KL = mean KL(p_base ‖ p_ablated) of the last-token distribution on harmless prompts.
 
-Candidates with induce > 0, KL < 0.1 and l < 0.8·L survive; the lowest bypass wins.
+As the reference code does (``filter_fn`` of Arditi et al.): a candidate survives with induce ≥ 0,
+KL ≤ 0.1 and l < int(0.8·L) (the last 20% of the layers are pruned); the lowest bypass wins. The
+validation prompts are filtered first, as the reference's ``filter_val`` does: harmful prompts the
+model does not refuse (refusal score ≤ 0) and harmless ones it does (score ≥ 0) are left out.
 
 >>> rd = select_direction(model, tok, rd, SelectConfig(layers=[8, 12, 16]))  # doctest: +SKIP
 >>> rd.selected                                                              # doctest: +SKIP
@@ -45,9 +48,11 @@ class SelectConfig:
     positions: list[int] | None = field(default=None, metadata={
         "help": "positions (offsets from the prompt end) to scan; None = all extracted positions on a GPU, "
                 "only the last prompt token on CPU"})
-    kl_threshold: float = field(default=0.1, metadata={"help": "keep candidates with KL below this"})
-    induce_threshold: float = field(default=0.0, metadata={"help": "keep candidates with induce score above this"})
-    max_layer_frac: float = field(default=0.8, metadata={"help": "keep layers l < max_layer_frac · n_layers"})
+    kl_threshold: float = field(default=0.1, metadata={"help": "keep candidates with KL at most this (reference)"})
+    induce_threshold: float = field(default=0.0, metadata={"help": "keep candidates with an induce score at least this"})
+    max_layer_frac: float = field(default=0.8, metadata={"help": "keep layers l < int(max_layer_frac · n_layers)"})
+    filter_prompts: bool = field(default=True, metadata={
+        "help": "leave out harmful prompts the model does not refuse and harmless ones it does (reference)"})
     batch_size: int = field(default=32, metadata={"help": "prompts per forward pass"})
 
     def __post_init__(self) -> None:
@@ -134,7 +139,8 @@ def select_direction(model, tokenizer, direction: RefusalDirection, config: Sele
     harmful = list(harmful) if harmful is not None else load_source(cfg.harmful, limit=cfg.limit)
     harmless = list(harmless) if harmless is not None else load_source(cfg.harmless, limit=cfg.limit)
     L = direction.n_layers
-    layers = cfg.layers if cfg.layers is not None else [l for l in range(L) if l < cfg.max_layer_frac * L]
+    cap = int(cfg.max_layer_frac * L)  # the reference prunes layer >= int(n_layer * (1 - 0.2))
+    layers = cfg.layers if cfg.layers is not None else [l for l in range(L) if l < cap]
     if max(layers) >= L:
         raise ValueError(f"SelectConfig.layers must be within 0..{L - 1}, got {layers}")
     positions = cfg.positions if cfg.positions is not None else _default_positions(direction, model)
@@ -146,6 +152,16 @@ def select_direction(model, tokenizer, direction: RefusalDirection, config: Sele
     base_h = refusal_score(last_token_logprobs(model, tokenizer, harmful, batch_size=bs), tok_ids)
     base_b_lp = last_token_logprobs(model, tokenizer, harmless, batch_size=bs)
     base_b = refusal_score(base_b_lp, tok_ids)
+    n_before = (len(harmful), len(harmless))
+    if cfg.filter_prompts:
+        keep_h = [i for i, v in enumerate(base_h.tolist()) if v > 0]
+        keep_b = [i for i, v in enumerate(base_b.tolist()) if v < 0]
+        if not keep_h or not keep_b:
+            raise ValueError(f"select_direction: after leaving out prompts the model does not refuse / does refuse, "
+                             f"{len(keep_h)} harmful and {len(keep_b)} harmless prompts are left; the model does not "
+                             "separate them (set filter_prompts=False to select anyway)")
+        harmful, harmless = [harmful[i] for i in keep_h], [harmless[i] for i in keep_b]
+        base_h, base_b, base_b_lp = base_h[keep_h], base_b[keep_b], base_b_lp[keep_b]
 
     def score(r: torch.Tensor, layer: int) -> dict[str, float]:
         with ablate_direction(model, r):
@@ -158,12 +174,12 @@ def select_direction(model, tokenizer, direction: RefusalDirection, config: Sele
 
     def filtered_out(row: dict) -> list[str]:
         reasons = []
-        if not row["induce"] > cfg.induce_threshold:
-            reasons.append(f"induce <= {cfg.induce_threshold}")
-        if not row["kl"] < cfg.kl_threshold:
-            reasons.append(f"KL >= {cfg.kl_threshold}")
-        if not row["layer"] < cfg.max_layer_frac * L:
-            reasons.append(f"layer >= {cfg.max_layer_frac}·L")
+        if not row["induce"] >= cfg.induce_threshold:
+            reasons.append(f"induce < {cfg.induce_threshold}")
+        if not row["kl"] <= cfg.kl_threshold:
+            reasons.append(f"KL > {cfg.kl_threshold}")
+        if not row["layer"] < cap:
+            reasons.append(f"layer >= int({cfg.max_layer_frac}·L) = {cap}")
         return reasons
 
     from rich.progress import Progress
@@ -186,15 +202,15 @@ def select_direction(model, tokenizer, direction: RefusalDirection, config: Sele
 
     # Paper rule first; a model that never refuses fails "induce > 0" everywhere, so relax the
     # filters one at a time (induce, then KL), never the layer cap, and record which were dropped.
-    scored = [c for c in candidates if c["bypass"] is not None and c["layer"] < cfg.max_layer_frac * L]
+    scored = [c for c in candidates if c["bypass"] is not None and c["layer"] < cap]
     tiers = [("none", [c for c in candidates if c["passed"]]),
-             ("induce", [c for c in scored if c["kl"] < cfg.kl_threshold]),
+             ("induce", [c for c in scored if c["kl"] <= cfg.kl_threshold]),
              ("induce, KL", scored)]
     dropped, pool = next(((name, pool) for name, pool in tiers if pool), (None, []))
     if not pool:
-        raise ValueError(f"no usable candidate among layers {layers}: every one is zero or >= {cfg.max_layer_frac}·L")
+        raise ValueError(f"no usable candidate among layers {layers}: every one is zero or >= int({cfg.max_layer_frac}·L)")
     if dropped != "none":
-        log.warning("no candidate passed all filters (induce > %s, KL < %s, layer < %s·L); dropped the %s "
+        log.warning("no candidate passed all filters (induce >= %s, KL <= %s, layer < int(%s·L)); dropped the %s "
                     "filter(s) and took the lowest bypass", cfg.induce_threshold, cfg.kl_threshold,
                     cfg.max_layer_frac, dropped)
     best = min(pool, key=lambda c: c["bypass"])
@@ -204,6 +220,7 @@ def select_direction(model, tokenizer, direction: RefusalDirection, config: Sele
         "refusal_tokens": [tokenizer.decode([t]) for t in tok_ids],
         "n_harmful": len(harmful),
         "n_harmless": len(harmless),
+        "n_before_filter": {"harmful": n_before[0], "harmless": n_before[1]},
         "baseline": {"harmful_refusal_score": float(base_h.mean()), "harmless_refusal_score": float(base_b.mean())},
         "passed_filters": dropped == "none",
         "dropped_filters": None if dropped == "none" else dropped,
