@@ -408,3 +408,23 @@ def test_last_prompt_position_is_anchored_too(tmp_path, tiny_tokenizer, data, an
     assert float(penalty_on(trainer, reg, batch)) == 0.0  # exact at step 0 with the extra position
     nudge_lora(trainer.model, 0.2)
     assert float(penalty_on(trainer, reg, batch, train_mode=False)) > 0
+
+
+def test_direction_folder_is_checked_by_fingerprint(tmp_path, tiny_tokenizer, data):
+    from safeanchor.direction.extract import ExtractConfig, extract_direction
+    from safeanchor.data import load_source
+
+    def saved(seed: int):
+        model = make_tiny_llama(len(tiny_tokenizer), seed=seed)
+        rd = extract_direction(model, tiny_tokenizer, ExtractConfig(limit=12, batch_size=4),
+                               harmful=load_source(data["harmful"]), harmless=load_source(data["harmless"]))
+        rd.save_pretrained(tmp_path / f"rd{seed}")
+        return str(tmp_path / f"rd{seed}")
+
+    own, other = saved(0), saved(1)  # the trained model is make_tiny_llama(seed 0); seed 1 has the same shapes
+    trainer, reg = make_trainer(tmp_path / "own", tiny_tokenizer, data, direction=own)
+    assert trainer.reports["procon"]["direction_source"] == f"loaded from {own}"
+    with pytest.raises(RegularizerSetupError, match="fingerprint .* but the model being trained has"):
+        make_trainer(tmp_path / "other", tiny_tokenizer, data, direction=other)
+    trainer, _ = make_trainer(tmp_path / "allowed", tiny_tokenizer, data, direction=other, allow_direction_mismatch=True)
+    assert trainer.reports["procon"]["direction_source"] == f"loaded from {other}"

@@ -413,15 +413,18 @@ def attach_lora(
     return peft_model
 
 
-def model_fingerprint(model, sample: int = 4096) -> str:
+def model_fingerprint(model, sample: int = 4096, *, base_only: bool = False) -> str:
     """A short, stable hash of a model's weights: names, shapes, dtypes and a strided sample.
 
     Cheap even for 7B models (reads ``sample`` values per tensor). LoRA adapter weights are
-    included, so a base model and base + adapter have different fingerprints.
+    included, so a base model and base + adapter have different fingerprints; ``base_only``
+    leaves them out, so a PEFT-wrapped model has its base model's fingerprint.
     """
     h = hashlib.sha256()
     sd = model.state_dict()
     for name in sorted(sd):
+        if base_only and ("lora_" in name or "modules_to_save" in name):
+            continue
         t = sd[name]
         clean = name.replace("base_model.model.", "").replace(".base_layer", "")
         h.update(f"{clean}|{tuple(t.shape)}|{t.dtype}".encode())

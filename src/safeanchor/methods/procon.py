@@ -89,6 +89,9 @@ class ProConConfig:
                 "the penalty is quadratic, so its gradient fades near the anchor instead of the L1 sign's constant"})
     direction: str | None = field(default=None, metadata={
         "help": "a saved RefusalDirection folder of the ORIGINAL model; default: extract it at setup"})
+    allow_direction_mismatch: bool = field(default=False, metadata={
+        "help": "accept a direction folder whose model fingerprint differs from the model being trained "
+                "(e.g. the same weights saved in another precision); shapes are still checked"})
     direction_harmful: str = field(default="bundled:harmful:train", metadata={
         "help": "harmful prompts for extracting r (data source)"})
     direction_harmless: str = field(default="bundled:harmless:train", metadata={
@@ -355,8 +358,17 @@ class ProCon(Regularizer):
         cfg = self.config
         model, tok = trainer.model, trainer.processing_class
         if cfg.direction is not None:
+            from ..models import model_fingerprint
+
             rd = RefusalDirection.from_pretrained(cfg.direction)
             source = f"loaded from {cfg.direction}"
+            base_fp, saved_fp = model_fingerprint(model, base_only=True), rd.info.get("fingerprint")
+            if saved_fp != base_fp and not cfg.allow_direction_mismatch:
+                raise RegularizerSetupError(
+                    f"procon.direction {cfg.direction}: extracted from a model with fingerprint {saved_fp} "
+                    f"({rd.info.get('model')!r}), but the model being trained has {base_fp}; ProCon anchors the "
+                    "ORIGINAL model's direction. Extract it from this model (safeanchor direction), or set "
+                    "procon.allow_direction_mismatch: true if the weights are the same in another precision")
         else:
             was_training = model.training
             model.eval()
