@@ -158,3 +158,34 @@ def test_cli_safe_lora(tmp_path, tiny_tokenizer, tiny_model_dir):
     bad = CliRunner().invoke(app, ["safe-lora", "--adapter", str(tmp_path / "adapter"), "--base", str(tiny_model_dir),
                                    "--unaligned", str(udir), "--out", str(tmp_path / "x"), "--mode", "median"])
     assert bad.exit_code != 0 and "threshold" in bad.output
+
+
+def test_direction_stats_and_the_isotropic_baseline():
+    from safeanchor.methods.safe_lora import direction_stats
+    from safeanchor.methods.weight_direction import ModuleAnchor
+
+    g = torch.Generator().manual_seed(0)
+    V = torch.randn(64, 3, generator=g, dtype=torch.float64) @ torch.randn(3, 32, generator=g, dtype=torch.float64)
+    norm, pr, iso = direction_stats(V)
+    s = torch.linalg.svdvals(V)
+    assert norm == pytest.approx(float(s.square().sum().sqrt()))
+    assert pr == pytest.approx(float(s.square().sum() ** 2 / s.pow(4).sum())) and 1 <= pr <= 3 + 1e-9
+    assert iso == pytest.approx((pr / 64) ** 0.5)
+    # the mean similarity of random (isotropic) updates is close to the predicted baseline
+    anchor = ModuleAnchor.from_direction(V)
+    sims = [module_similarity(torch.randn(64, 4, generator=g, dtype=torch.float64),
+                              torch.randn(4, 32, generator=g, dtype=torch.float64), anchor)[0] for _ in range(200)]
+    assert sum(sims) / len(sims) == pytest.approx(iso, rel=0.15)
+    assert direction_stats(torch.zeros(4, 4)) == (0.0, None, None)
+
+
+def test_relative_mode_and_report_fields(tmp_path, tiny_tokenizer, tiny_model_dir):
+    peft_model, udir, directions = _setup(tmp_path, tiny_tokenizer, tiny_model_dir)
+    sims, _ = _dense_expectations(peft_model, directions)
+    report = apply_safe_lora(peft_model, None, str(udir), mode="relative", threshold=1.0)
+    for m in report.modules:
+        assert m.v_norm > 0 and m.v_effective_rank >= 1 and 0 < m.isotropic_cos <= 1
+        assert m.projected == (sims[m.module] < m.isotropic_cos)
+    assert report.mode == "relative" and report.threshold == 1.0
+    with pytest.raises(ValueError, match="relative threshold must be >= 0"):
+        apply_safe_lora(peft_model, None, str(udir), mode="relative", threshold=-1.0)

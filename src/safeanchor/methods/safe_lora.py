@@ -5,6 +5,13 @@ For every LoRA module, with C = V Vᵀ / ‖V‖_F (METHODS.md §3-§4)::
     sim = cos(vec(C ΔW), vec(ΔW)),   ΔW = B A
     threshold mode (τ = 0.5): project the modules with sim < τ
     number mode (k = 10):     project the k modules with the lowest sim
+    relative mode (extension): project the modules with sim < τ · iso, iso = the cosine an
+                              isotropic ΔW would get, √(PR(V) / out), PR = ‖V‖_F⁴ / ‖VᵀV‖_F²
+                              (the participation ratio: V's effective rank)
+
+Why the relative mode: for a random (isotropic) ΔW, cos(C ΔW, ΔW) ≈ tr C / (√out ‖C‖_F) = √(PR/out),
+so with a low-rank V every module sits far below τ = 0.5 by chance alone; the report gives each
+module's PR, ‖V‖_F and iso so a threshold can be read against that baseline.
     projection:               B ← C B   (so ΔW ← C ΔW)
 
 Everything is computed from thin factors: C B = V (Vᵀ B) / ‖V‖_F is ``(out, r)`` and, with
@@ -29,7 +36,7 @@ from .weight_direction import ModuleAnchor, active_adapter, alignment_directions
 
 log = logging.getLogger(__name__)
 
-MODES = ("threshold", "number")
+MODES = ("threshold", "number", "relative")
 DEFAULT_THRESHOLD = 0.5
 DEFAULT_K = 10
 REPORT_FILE = "safe_lora_report.json"
@@ -43,6 +50,9 @@ class SafeLoRAModule:
     similarity: float | None  # None when ΔW = 0 (nothing to compare or project)
     projected: bool
     delta_norm: float  # ‖ΔW‖_F without the alpha/r scaling, before projection
+    v_norm: float | None = None  # ‖V‖_F of the alignment direction
+    v_effective_rank: float | None = None  # participation ratio ‖V‖_F⁴ / ‖VᵀV‖_F²
+    isotropic_cos: float | None = None  # the similarity an isotropic ΔW would get: √(PR / out)
 
 
 @dataclass
@@ -90,11 +100,27 @@ def module_similarity(B: torch.Tensor, A: torch.Tensor, anchor: ModuleAnchor) ->
     return dot / math.sqrt(cdw_sq * dw_sq), math.sqrt(dw_sq)
 
 
-def select_modules(similarities: dict[str, float | None], mode: str, threshold: float, k: int) -> set[str]:
-    """Names to project: similarity below ``threshold``, or the ``k`` lowest (ties by name)."""
+def direction_stats(V: torch.Tensor) -> tuple[float, float | None, float | None]:
+    """``(‖V‖_F, participation ratio, isotropic cosine)`` of an alignment direction ``V`` (out, in)."""
+    V = V.to(torch.float64)
+    fro2 = float((V * V).sum())
+    if fro2 == 0.0:
+        return 0.0, None, None
+    gram = V.T @ V if V.shape[1] <= V.shape[0] else V @ V.T
+    pr = fro2 ** 2 / float((gram * gram).sum())
+    return math.sqrt(fro2), pr, math.sqrt(pr / V.shape[0])
+
+
+def select_modules(similarities: dict[str, float | None], mode: str, threshold: float, k: int,
+                   isotropic: dict[str, float | None] | None = None) -> set[str]:
+    """Names to project: similarity below ``threshold`` (relative: below ``threshold`` times the
+    module's isotropic cosine), or the ``k`` lowest (ties by name)."""
     scored = {n: s for n, s in similarities.items() if s is not None}
     if mode == "threshold":
         return {n for n, s in scored.items() if s < threshold}
+    if mode == "relative":
+        iso = isotropic or {}
+        return {n for n, s in scored.items() if iso.get(n) is not None and s < threshold * iso[n]}
     if mode == "number":
         return {n for n, _ in sorted(scored.items(), key=lambda kv: (kv[1], kv[0]))[:k]}
     raise ValueError(f"safe_lora mode must be one of {', '.join(MODES)}, got {mode!r}")
@@ -126,6 +152,8 @@ def apply_safe_lora(
         raise ValueError(f"safe_lora mode must be one of {', '.join(MODES)}, got {mode!r}")
     if mode == "threshold" and not -1.0 <= threshold <= 1.0:
         raise ValueError(f"safe_lora threshold must be a cosine in [-1, 1], got {threshold}")
+    if mode == "relative" and not threshold >= 0.0:
+        raise ValueError(f"safe_lora relative threshold must be >= 0 (a multiple of the isotropic cosine), got {threshold}")
     if mode == "number" and k < 0:
         raise ValueError(f"safe_lora k must be >= 0, got {k}")
     modules = lora_modules(peft_model, target_modules)
@@ -138,21 +166,22 @@ def apply_safe_lora(
 
     sims: dict[str, float | None] = {}
     norms: dict[str, float] = {}
+    stats = {name: direction_stats(directions[name]) for name in modules}
     for name, module in modules.items():
         B, A = lora_factors(module, adapter)
         sims[name], norms[name] = module_similarity(B, A, anchors[name])
-    chosen = select_modules(sims, mode, threshold, k)
+    chosen = select_modules(sims, mode, threshold, k, isotropic={n: st[2] for n, st in stats.items()})
     for name in chosen:
         B = modules[name].lora_B[adapter].weight
         B.copy_(anchors[name].apply(B.to(torch.float64)).to(B.dtype))
 
     report = SafeLoRAReport(
         mode=mode,
-        threshold=threshold if mode == "threshold" else None,
+        threshold=threshold if mode in ("threshold", "relative") else None,
         k=k if mode == "number" else None,
         aligned_model=aligned or "<base model under the adapter>",
         unaligned_model=unaligned,
-        modules=[SafeLoRAModule(n, sims[n], n in chosen, norms[n]) for n in modules],
+        modules=[SafeLoRAModule(n, sims[n], n in chosen, norms[n], *stats[n]) for n in modules],
     )
     log.info("safe_lora: projected %d of %d modules (%s)", report.n_projected, len(modules), mode)
     return report
@@ -190,7 +219,9 @@ class SafeLoRAOptions:
                 "alignment.json (models built by safeanchor align)"})
     aligned_model: str | None = field(default=None, metadata={
         "help": "the aligned checkpoint; default: the base weights under the adapter"})
-    mode: str = field(default="threshold", metadata={"help": "threshold (project sim < tau) or number (the k lowest)"})
+    mode: str = field(default="threshold", metadata={
+        "help": "threshold (project sim < tau), number (the k lowest) or relative (sim < tau x the module's isotropic "
+                "cosine sqrt(PR(V)/out); an extension)"})
     k: int = field(default=DEFAULT_K, metadata={"help": "modules to project in number mode"})
 
     def __post_init__(self) -> None:
