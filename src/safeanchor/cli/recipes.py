@@ -73,8 +73,10 @@ def safe_lora(
                                                        "the base_model in BASE's alignment.json"),
     out: Path = typer.Option(..., help="folder for the projected adapter + safe_lora_report.json"),
     aligned: Optional[str] = typer.Option(None, help="the aligned checkpoint; default: BASE"),
-    mode: str = typer.Option("threshold", help="threshold (project sim < tau) or number (project the k lowest)"),
-    tau: float = typer.Option(0.5, help="similarity threshold (threshold mode)"),
+    mode: str = typer.Option("threshold", help="threshold (project sim < tau), number (project the k lowest) or "
+                                               "relative (sim < tau x the module's isotropic cosine)"),
+    tau: float = typer.Option(0.5, help="similarity threshold (threshold mode), or its multiple of the isotropic "
+                                        "cosine (relative mode)"),
     k: int = typer.Option(10, help="modules to project (number mode)"),
     device: str = typer.Option("cpu", help="device for the computation"),
 ) -> None:
@@ -98,11 +100,14 @@ def safe_lora(
     except (AlignmentDirectionError, FileExistsError, ValueError) as e:
         console.print(f"[red]error:[/red] {e}")
         raise typer.Exit(2)
-    t = Table("module", "similarity", "‖BA‖_F", "projected",
-              title=f"Safe LoRA ({mode}, {'tau=' + str(tau) if mode == 'threshold' else 'k=' + str(k)})")
+    t = Table("module", "similarity", "isotropic cos", "eff. rank V", "‖V‖_F", "‖BA‖_F", "projected",
+              title=f"Safe LoRA ({mode}, {'k=' + str(k) if mode == 'number' else 'tau=' + str(tau)})")
     for m in sorted(report.modules, key=lambda m: (m.similarity is None, m.similarity or 0.0)):
         sim = "n/a (ΔW = 0)" if m.similarity is None else f"{m.similarity:.4f}"
-        t.add_row(m.module, sim, f"{m.delta_norm:.3g}", "[yellow]projected[/yellow]" if m.projected else "kept")
+        iso = "—" if m.isotropic_cos is None else f"{m.isotropic_cos:.4f}"
+        rank = "—" if m.v_effective_rank is None else f"{m.v_effective_rank:.1f}"
+        t.add_row(m.module, sim, iso, rank, f"{m.v_norm or 0:.3g}", f"{m.delta_norm:.3g}",
+                  "[yellow]projected[/yellow]" if m.projected else "kept")
     console.print(t)
     console.print(f"projected {report.n_projected} of {len(report.modules)} modules -> {out} ({REPORT_FILE})")
 
