@@ -428,3 +428,20 @@ def test_direction_folder_is_checked_by_fingerprint(tmp_path, tiny_tokenizer, da
         make_trainer(tmp_path / "other", tiny_tokenizer, data, direction=other)
     trainer, _ = make_trainer(tmp_path / "allowed", tiny_tokenizer, data, direction=other, allow_direction_mismatch=True)
     assert trainer.reports["procon"]["direction_source"] == f"loaded from {other}"
+
+
+@pytest.mark.parametrize("precision", [None, BF16_AUTOCAST], ids=["fp32", "bf16-autocast"])
+def test_noise_floor_is_measured_and_inexact_anchors_fall_back(tmp_path, tiny_tokenizer, data, precision, monkeypatch):
+    import safeanchor.methods.procon as procon_mod
+
+    trainer, reg = make_trainer(tmp_path / "a", tiny_tokenizer, data, precision=precision)
+    report = trainer.reports["procon"]
+    assert report["noise_floor_relative"] >= 0 and "noise_floor_max_abs" in report
+    if report["noise_floor_relative"] <= procon_mod.NOISE_TOLERANCE:
+        assert reg.config.anchor == "cached" and reg.anchors is not None and "anchor_fallback" not in report
+    # a tolerance of -1 marks any composition as inexact: LoRA runs fall back to online anchors and say so
+    monkeypatch.setattr(procon_mod, "NOISE_TOLERANCE", -1.0)
+    trainer, reg = make_trainer(tmp_path / "b", tiny_tokenizer, data, precision=precision)
+    assert reg.config.anchor == "online" and reg.anchors is None
+    assert trainer.reports["procon"]["anchor_fallback"].startswith("online")
+    assert float(penalty_on(trainer, reg, first_batch(trainer))) == 0.0  # online anchors are exact at θ0

@@ -44,6 +44,7 @@ import torch
 from ..data import IGNORE_INDEX
 from .base import Regularizer, RegularizerSetupError
 from ..data.batches import forward_inputs
+from ..models import model_precision
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,7 @@ REDUCTIONS = ("sum", "mean")
 ALPHA_UNITS = ("sum", "per_token_layer")
 POSITIONS = ("response", "response_and_last_prompt")
 LAYER_SCALES = ("none", "z0_std", "refusal_gap")
+NOISE_TOLERANCE = 1e-4  # cached anchors: the largest mean relative error at θ0 under a new batch composition
 
 
 @dataclass
@@ -269,6 +271,7 @@ class ProCon(Regularizer):
         self.layer_scale: torch.Tensor | None = None  # (L_c,) the layer_scale option's divisors
         self.units = 1.0  # the alpha_units option's divisor (L_c·m̄ for per_token_layer)
         self._gap: torch.Tensor | None = None  # (L,) ‖μ_h − μ_b‖ per layer, from the extraction
+        self._z0_std: torch.Tensor | None = None  # (L_c,) kept when cached anchors fall back to online
 
     # -- setup ---------------------------------------------------------------------------------
 
@@ -339,8 +342,11 @@ class ProCon(Regularizer):
             self.units = float(len(self.layers) * m_bar)
             out.update(alpha_units_divisor=self.units, mean_response_tokens=m_bar)
         if cfg.layer_scale == "z0_std":
-            vals = self.anchors.values  # (N_tokens, L_c)
-            self.layer_scale = vals.to(torch.float64).std(dim=0).clamp_min(1e-12).to(torch.float32)
+            if self.anchors is not None:
+                vals = self.anchors.values  # (N_tokens, L_c)
+                self.layer_scale = vals.to(torch.float64).std(dim=0).clamp_min(1e-12).to(torch.float32)
+            else:  # the cache was dropped for online anchors; its spread was kept
+                self.layer_scale = self._z0_std
         elif cfg.layer_scale == "refusal_gap":
             if self._gap is None:
                 raise RegularizerSetupError("procon: layer_scale=refusal_gap needs the direction's mean difference "
@@ -436,9 +442,55 @@ class ProCon(Regularizer):
         self.anchors = cache
         if cache.values.shape[0] == 0:
             raise RegularizerSetupError("procon: the training set has no response tokens to anchor")
-        return {"n_samples": len(counts), "n_anchor_tokens": int(cache.values.shape[0]),
-                "anchors_restored_from_checkpoint": False, "anchor_pass_s": round(time.perf_counter() - t0, 3),
-                "anchor_pass_cpu_s": round(time.process_time() - c0, 3)}
+        out = {"n_samples": len(counts), "n_anchor_tokens": int(cache.values.shape[0]),
+               "anchors_restored_from_checkpoint": False, "anchor_pass_s": round(time.perf_counter() - t0, 3),
+               "anchor_pass_cpu_s": round(time.process_time() - c0, 3)}
+        out.update(self._noise_floor(trainer, directions))
+        return out
+
+    @torch.no_grad()
+    def _noise_floor(self, trainer, directions: torch.Tensor, n_batches: int = 4) -> dict[str, Any]:
+        """The penalty at θ0 on batches of another composition (the samples in reverse order):
+        later epochs reshuffle, so padding and batch shapes change; under bf16 that can move z0.
+        Cached anchors whose relative error exceeds ``NOISE_TOLERANCE`` are replaced by online
+        anchors (LoRA) or reported (full fine-tuning), and the run says so."""
+        dataset, bs = trainer.train_dataset, trainer.args.per_device_train_batch_size
+        order = list(range(len(dataset)))[::-1]
+        model, decoder = trainer.model, decoder_of(trainer.model)
+        device = trainer.args.device
+        worst, total, scale = 0.0, 0.0, 0.0
+        was_training = model.training
+        model.eval()
+        try:
+            with original_weights(model):
+                for start in range(0, min(len(order), n_batches * bs), bs):
+                    idx = order[start:start + bs]
+                    batch = {k: v.to(device) for k, v in trainer.data_collator([dataset[i] for i in idx]).items()}
+                    with trainer.autocast_smart_context_manager():
+                        hs = decoder(**forward_inputs(batch), output_hidden_states=True).hidden_states
+                    mask = self.constrained_mask(batch["labels"])
+                    z = response_projections(hs, mask, self.layers, directions)
+                    z0 = self.anchors.get(batch["sample_idx"], mask.device)
+                    diff = (z - z0).abs()
+                    worst = max(worst, float(diff.max()) if diff.numel() else 0.0)
+                    total += float(diff.sum())
+                    scale += float(z0.abs().sum())
+        finally:
+            model.train(was_training)
+        relative = total / scale if scale > 0 else 0.0
+        report = {"noise_floor_max_abs": worst, "noise_floor_relative": relative}
+        if relative > NOISE_TOLERANCE:
+            msg = (f"procon: cached anchors are not exact under another batch composition (mean |z - z0| / |z0| = "
+                   f"{relative:.2e} at the original weights; precision {model_precision(model)})")
+            self._z0_std = self.anchors.values.to(torch.float64).std(dim=0).clamp_min(1e-12).to(torch.float32)
+            if is_lora(model):
+                self.config.anchor = "online"
+                self.anchors = None
+                report["anchor_fallback"] = "online (cached anchors were inexact across batch compositions)"
+                log.warning("%s: falling back to online anchors (one extra forward pass per step)", msg)
+            else:
+                log.warning("%s; full fine-tuning keeps them (online would need a frozen copy)", msg)
+        return report
 
     @staticmethod
     def _anchor_batches(trainer, filled: torch.Tensor):
