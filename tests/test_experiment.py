@@ -91,6 +91,20 @@ def test_pipeline_end_to_end_on_tiny_model(tiny_model_dir, tmp_path):
     with pytest.raises(ValueError, match="different configuration"):
         run_experiment(tiny_cfg(tiny_model_dir, train_samples=9), out)
 
+    # the finding records carry intervals and three-valued verdicts, and the report shows both judges
+    assert on_disk["findings"] and all(f["verdict"] in ("holds", "does not hold", "inconclusive")
+                                       and "diff_ci95" in f and "p_value" in f for f in on_disk["findings"])
+    assert {f["judge"] for f in on_disk["findings"]} >= {"extended", "reference"}
+    assert "ASR ↓ (reference list, anywhere)" in md and (out / "report" / "results.csv").is_file()
+
+    # a bench whose last run is unfinished reports the finished ones and says so
+    from safeanchor.pipelines.experiment import report_finished
+
+    (out / "05_eval" / "procon_wu_safe-benign-s0" / "stage.json").unlink()
+    partial = report_finished(cfg, out)
+    assert partial["partial"] == {"runs_done": 1, "runs_planned": 2, "missing": ["procon_wu_safe-benign-s0"]}
+    assert {r["method"] for r in partial["runs"]} == {"start", "sft"}
+
 
 def _outcomes(rates: dict[str, float], *, n: int = 100, seeds=(0, 1, 2), task: dict[str, float] | None = None):
     """Synthetic per-item outcomes: method -> the share of items with outcome 1 (complied), the

@@ -23,9 +23,11 @@ def bench(
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="bench.yaml (keys of ExperimentConfig)"),
     out: Path = typer.Option(Path("runs/bench"), help="output folder (a rerun resumes finished stages)"),
     quick: bool = typer.Option(False, help="the quick preset (smoke run)"),
+    report_only: bool = typer.Option(False, help="write results.json and the report from the runs finished so far "
+                                                 "(an interrupted or running bench), without running anything"),
 ) -> None:
     """The full matrix: start, SFT, SFT+safety, Safe LoRA, AsFT, ProCon_s/_wu(_safe) × benign/attack × seeds."""
-    from ..pipelines.experiment import ExperimentConfig, run_experiment
+    from ..pipelines.experiment import ExperimentConfig, report_finished, run_experiment
 
     try:
         base = ExperimentConfig.preset("quick" if quick else "bench")
@@ -33,6 +35,10 @@ def bench(
     except ValueError as e:
         typer.secho(f"error: {e}", fg="red", err=True)
         raise typer.Exit(2)
+    if report_only:
+        _run(lambda: report_finished(cfg, out, kind="bench"))
+        typer.echo(f"wrote {out / 'results.json'} and {out / 'report'}")
+        return
     _run(lambda: run_experiment(cfg, out, kind="bench"))
 
 

@@ -228,6 +228,36 @@ def estimate_seconds(cfg: ExperimentConfig, *, start_built: bool) -> float:
             + train + evals + (len(runs) * _EST["drift"] if cfg.drift else 0))
 
 
+def report_finished(cfg: ExperimentConfig, out: str | Path, *, kind: str = "bench") -> dict[str, Any]:
+    """Results and report from the runs of ``out`` that are finished (trained and evaluated),
+    without running anything: an interrupted or still running bench reports its whole seeds.
+    ``results.json`` then says ``partial`` with the runs done and planned."""
+    out = Path(out)
+    cfg_file = out / "experiment.json"
+    if not cfg_file.is_file():
+        raise ValueError(f"{out} holds no experiment (no experiment.json)")
+    if read_json(cfg_file) != cfg.to_dict():
+        raise ValueError(f"{out} holds a run with a different configuration ({cfg_file})")
+    stages = Stages(out, quiet=True)
+    for name in ("01_start", "05_eval/start"):
+        if not stages.done(name):
+            raise ValueError(f"{out}: stage {name} is not finished; nothing to report yet")
+    planned = planned_runs(cfg)
+    done = [r for r in planned if stages.done(f"04_train/{r.name}") and stages.done(f"05_eval/{r.name}")
+            and (not cfg.drift or stages.done(f"06_drift/{r.name}"))]
+    if not done:
+        raise ValueError(f"{out}: no run is trained and evaluated yet")
+    results = collect_results(cfg, out, done, stages.summary("01_start"), kind=kind)
+    if len(done) < len(planned):
+        results["partial"] = {"runs_done": len(done), "runs_planned": len(planned),
+                              "missing": [r.name for r in planned if r not in done]}
+    write_json(out / "results.json", results)
+    from ..report.summary import write_report
+
+    write_report(results, out / "report")
+    return results
+
+
 def run_experiment(cfg: ExperimentConfig, out: str | Path, *, kind: str = "bench") -> dict[str, Any]:
     """Run (or resume) the whole experiment into ``out``; returns the results dict (also
     written to ``out/results.json``) and writes ``out/report/``."""
