@@ -169,7 +169,8 @@ def test_bench_configs_load():
 
     folder = Path(__file__).resolve().parents[1] / "configs" / "bench"
     cfgs = {p.stem: ExperimentConfig.from_yaml(p) for p in sorted(folder.glob("*.yaml"))}
-    assert set(cfgs) == {"core", "embedded", "llama2_7b"}
+    assert set(cfgs) == {"core", "embedded", "llama2_7b", "val_sweep"}
+    assert cfgs["val_sweep"].task_split == "val" and all(s.endswith(":val") for s in cfgs["val_sweep"].eval_harmful)
     assert len(cfgs["core"].seeds) == 3 and cfgs["core"].task_eval_samples == 200
     assert len(cfgs["embedded"].methods) == 10 and cfgs["embedded"].scenarios == ["benign", "attack"]
     assert cfgs["llama2_7b"].safety_samples == 1000
@@ -269,3 +270,25 @@ def test_paper_warmup_adds_its_epochs_and_the_control_matches_them():
     assert run_epochs(inside, "procon_wu_safe") == 2.0 and run_epochs(inside, "sft_long") == 2.0
     longer = ExperimentConfig(methods=["start", "procon_wu_safe"], method_options={"procon_wu_safe": {"schedule_length": 1}})
     assert run_epochs(longer, "procon_wu_safe") == 3.0
+
+
+def test_variants_name_settings_of_a_method_and_are_validated():
+    from safeanchor.pipelines.experiment import run_epochs, train_overrides
+
+    cfg = ExperimentConfig(methods=["start", "sft", "pc_ptl"], task_split="val", variants={
+        "pc_ptl": {"method": "procon_wu_safe", "alpha": 10.0,
+                   "regularizer_options": {"procon": {"alpha_units": "per_token_layer"}}}})
+    assert [r.name for r in planned_runs(cfg)] == ["sft-benign-s0", "pc_ptl-benign-s0"]
+    assert cfg.method_of("pc_ptl").name == "procon_wu_safe" and run_epochs(cfg, "pc_ptl") == 2.5
+    assert train_overrides(cfg, "pc_ptl") == {"method": "procon_wu_safe", "alpha": 10.0, "regularizer_options": {
+        "procon": {"alpha_units": "per_token_layer"}}}
+    with pytest.raises(ConfigError, match="variants.sft: the name of a method"):
+        ExperimentConfig(variants={"sft": {"method": "procon"}})
+    with pytest.raises(ConfigError, match="variants.x.method: unknown method 'procn'"):
+        ExperimentConfig(variants={"x": {"method": "procn"}})
+    with pytest.raises(ConfigError, match="variants.x: unknown config key 'alpah'"):
+        ExperimentConfig(variants={"x": {"method": "procon", "alpah": 1}})
+    with pytest.raises(ConfigError, match="methods: unknown method 'pc_ptl'"):
+        ExperimentConfig(methods=["start", "pc_ptl"])
+    with pytest.raises(ConfigError, match="task_split must be test or val"):
+        ExperimentConfig(task_split="dev")

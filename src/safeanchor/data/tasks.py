@@ -44,10 +44,11 @@ from dataclasses import dataclass
 from functools import cache, lru_cache
 from typing import Callable
 
-SPLITS = ("train", "test")
+SPLITS = ("train", "test", "val")
 DEFAULT_TRAIN_SIZE = 2000
 DEFAULT_TEST_SIZE = 200
 TEST_POOL_SIZE = 1000  # test items reserved (kept out of every train set); max test n
+VAL_SIZE = 200  # the next items of the same held-out stream: the val split, for tuning (also kept out of train)
 MAX_TRAIN_SIZE = 20000
 
 
@@ -319,29 +320,33 @@ def _stream(name: str, rng: random.Random, n: int,
 
 @lru_cache(maxsize=None)
 def _test_pool(name: str) -> tuple[tuple[str, str, str], ...]:
-    return tuple(_stream(name, random.Random(f"safeanchor-task:{name}:test"), TEST_POOL_SIZE))
+    # one stream: its first TEST_POOL_SIZE items are the test pool (prefix-stable), the next VAL_SIZE the val split
+    return tuple(_stream(name, random.Random(f"safeanchor-task:{name}:test"), TEST_POOL_SIZE + VAL_SIZE))
 
 
 def generate_task(name: str, split: str, n: int | None = None, seed: int = 0) -> list[dict]:
-    """Generate ``n`` records of task ``name`` for ``split`` (``train`` or ``test``).
+    """Generate ``n`` records of task ``name`` for ``split`` (``train``, ``test`` or ``val``).
 
     Records: ``{"id", "prompt", "response", "answer", "task"}``; ``response`` is the exact target
     text (equal to ``answer``). ``n`` defaults to 2000 (train) / 200 (test). The test set is
-    fixed: it ignores ``seed`` and is prefix-stable in ``n`` (at most 1000 items). Train items
+    fixed: it ignores ``seed`` and is prefix-stable in ``n`` (at most 1000 items); ``val`` is a fixed
+    set of 200 disjoint from it and from every train set (for tuning). Train items
     depend on ``seed``, are prefix-stable in ``n`` and never repeat a prompt of the test pool.
     """
     _check_name(name)
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r} for task {name!r}; splits: {', '.join(SPLITS)}")
-    limit = TEST_POOL_SIZE if split == "test" else MAX_TRAIN_SIZE
+    limit = {"test": TEST_POOL_SIZE, "val": VAL_SIZE}.get(split, MAX_TRAIN_SIZE)
     if n is None:
-        n = DEFAULT_TEST_SIZE if split == "test" else DEFAULT_TRAIN_SIZE
+        n = DEFAULT_TEST_SIZE if split in ("test", "val") else DEFAULT_TRAIN_SIZE
     if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= limit:
         raise ValueError(f"n must be an integer in [0, {limit}] for the {split} split, got {n!r}")
     items_of = _ITEMS_OF.get(name, name)
     pool = _test_pool(items_of)
     if split == "test":
         items = list(pool[:n])
+    elif split == "val":  # the items after the test pool in the same stream: disjoint from test and train
+        items = list(pool[TEST_POOL_SIZE:][:n])
     else:
         exclude = frozenset(p for p, _, _ in pool)
         items = _stream(items_of, random.Random(f"safeanchor-task:{items_of}:train:{seed}"), n, exclude)

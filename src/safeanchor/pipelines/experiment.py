@@ -73,6 +73,9 @@ class ExperimentConfig:
     method_options: dict = _f({}, "per-method training overrides, e.g. {procon_wu_safe: {alpha: 2, schedule_length: 1}} "
                                   "(keys of the training config; alpha is each method's coefficient: ProCon α, AsFT λ, "
                                   "Safe LoRA τ; defaults in the method table)")
+    variants: dict = _f({}, "named variants of a method, to compare settings in one experiment: "
+                            "{name: {method: procon_wu_safe, alpha: 1, regularizer_options: {procon: {...}}}}; a variant "
+                            "name can then be listed in methods")
     scenarios: list = _f(["benign"], "benign (task data only) and/or attack (task data + harmful->compliant pairs)")
     seeds: list = _f([0], "training seeds")
     train_samples: int = _f(192, "task training examples")
@@ -90,6 +93,8 @@ class ExperimentConfig:
     eval_harmless: str = _f("bundled:harmless:test", "harmless prompts (over-refusal)")
     eval_limit: int | None = _f(None, "cap per prompt source (None = all)")
     task_eval_samples: int = _f(200, "task test items")
+    task_split: str = _f("test", "split of the task's evaluation items: test (the fixed 200-item test set) or val "
+                                 "(a disjoint fixed set, for tuning)")
     max_new_tokens: int = _f(32, "new tokens per safety answer (a refusal shows in the first ~12)")
     task_max_new_tokens: int = _f(40, "new tokens per task answer (a worked arithmetic_steps answer is ~25)")
     gen_batch_size: int = _f(32, "generation batch size")
@@ -102,17 +107,30 @@ class ExperimentConfig:
 
         if not self.methods:
             raise ConfigError(f"methods: name at least one method; known: {', '.join(method_names())}")
+        keys = config_keys()
+        if not isinstance(self.variants, dict):
+            raise ConfigError(f"variants must be a mapping name -> {{method: ..., options}}; got {self.variants!r}")
+        for name, spec in self.variants.items():
+            if name in method_names():
+                raise ConfigError(f"variants.{name}: the name of a method of the table; choose another name")
+            if not isinstance(spec, dict) or "method" not in spec:
+                raise ConfigError(f"variants.{name} must be a mapping with a method and its options; got {spec!r}")
+            try:
+                if not get_method(spec["method"]).trains:
+                    raise ValueError(f"method {spec['method']!r} trains nothing")
+            except ValueError as e:
+                raise ConfigError(f"variants.{name}.method: {e}") from None
+            check_keys({k: v for k, v in spec.items() if k != "method"}, keys, where=f"variants.{name}")
         for m in self.methods:
             try:
-                get_method(m)
+                self.method_of(m)
             except ValueError as e:
                 raise ConfigError(f"methods: {e}") from None
         if not isinstance(self.method_options, dict):
             raise ConfigError(f"method_options must be a mapping method -> options; got {self.method_options!r}")
-        keys = config_keys()
         for m, opts in self.method_options.items():
             try:
-                method = get_method(m)
+                method = self.method_of(m)
             except ValueError as e:
                 raise ConfigError(f"method_options.{m}: {e}") from None
             if not method.trains:
@@ -132,7 +150,9 @@ class ExperimentConfig:
                 raise ConfigError(f"{name} must be >= 1; got {getattr(self, name)!r}")
         if self.eval_limit is not None and self.eval_limit < 1:
             raise ConfigError(f"eval_limit must be null (all) or >= 1; got {self.eval_limit!r}")
-        if self.safety_samples < 1 and any(get_method(m).safety_data for m in self.methods):
+        if self.task_split not in ("test", "val"):
+            raise ConfigError(f"task_split must be test or val; got {self.task_split!r}")
+        if self.safety_samples < 1 and any(self.method_of(m).safety_data for m in self.methods):
             raise ConfigError("safety_samples must be >= 1: a method mixes in safety data")
         bad = [s for s in self.scenarios if s not in SCENARIOS]
         if bad or not self.scenarios:
@@ -176,6 +196,17 @@ class ExperimentConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def method_of(self, name: str):
+        """The method-table row behind a method or variant name."""
+        if name in self.variants:
+            return get_method(self.variants[name]["method"])
+        return get_method(name)
+
+    def options_of(self, name: str) -> dict[str, Any]:
+        """A method's or variant's training options: the variant's own, then ``method_options``."""
+        own = {k: v for k, v in (self.variants.get(name) or {}).items() if k != "method"}
+        return {**own, **dict(self.method_options.get(name) or {})}
+
 
 # ---------------------------------------------------------------------------------------------
 # The recipe
@@ -196,7 +227,7 @@ class Run:
 def planned_runs(cfg: ExperimentConfig) -> list[Run]:
     """Every (method, scenario, seed) to train; the untrained start model is evaluated once."""
     return [Run(method, scenario, seed) for seed in cfg.seeds for scenario in cfg.scenarios
-            for method in cfg.methods if get_method(method).trains]
+            for method in cfg.methods if cfg.method_of(method).trains]
 
 
 # Seconds on a 2-core CPU for SmolLM2-135M, measured in a `safeanchor demo` run (stage.json
@@ -213,7 +244,7 @@ def estimate_seconds(cfg: ExperimentConfig, *, start_built: bool) -> float:
     runs = planned_runs(cfg)
     train = 0.0
     for r in runs:
-        method = get_method(r.method)
+        method = cfg.method_of(r.method)
         n = cfg.train_samples + (cfg.attack_samples if r.scenario == "attack" else 0)
         if method.safety_data:
             n += cfg.safety_samples
@@ -366,22 +397,22 @@ def _stage_data(cfg: ExperimentConfig, d: Path) -> dict[str, Any]:
 def train_overrides(cfg: ExperimentConfig, method_name: str) -> dict[str, Any]:
     """The training-config keys of one method in this experiment: the method, the options its
     component takes from the experiment's model pair (AsFT, Safe LoRA), then ``method_options``."""
-    method = get_method(method_name)
+    method = cfg.method_of(method_name)
     pair = {"aligned_model": cfg.model, "unaligned_model": cfg.unaligned_model}
-    user = dict(cfg.method_options.get(method_name) or {})
+    user = cfg.options_of(method_name)
     options = {k: dict(v or {}) for k, v in (user.pop("regularizer_options", None) or {}).items()}
     if method.model_pair_options:
         options[method.component] = {**{k: pair[k] for k in method.model_pair_options},
                                      **options.get(method.component, {})}
-    return {"method": method_name, **({"regularizer_options": options} if options else {}), **user}
+    return {"method": method.name, **({"regularizer_options": options} if options else {}), **user}
 
 
 def warmup_epochs(cfg: ExperimentConfig, method_name: str) -> float:
     """The epochs a method's warm-up adds before the standard run (the paper's ProCon_wu: m), 0 if none."""
-    method = get_method(method_name)
+    method = cfg.method_of(method_name)
     if method.epochs_like:
         return warmup_epochs(cfg, method.epochs_like)
-    opts = {**dict(method.schedule), **dict(cfg.method_options.get(method_name) or {})}
+    opts = {**dict(method.schedule), **cfg.options_of(method_name)}
     if (method.coefficient is None or opts.get("alpha_schedule") != "warmup"
             or opts.get("warmup_placement", "inside") != "before" or opts.get("schedule_unit", "epoch") != "epoch"):
         return 0.0
@@ -434,7 +465,8 @@ def _stage_eval(cfg: ExperimentConfig, adapter: Path | None, d: Path) -> dict[st
     from ..evaluate.suite import EvalConfig, evaluate_model
 
     model, tok = _load(cfg, adapter)
-    ecfg = EvalConfig(harmful=tuple(cfg.eval_harmful), harmless=(cfg.eval_harmless,), tasks=(cfg.task,),
+    task = cfg.task if cfg.task_split == "test" else f"task:{cfg.task}:{cfg.task_split}"
+    ecfg = EvalConfig(harmful=tuple(cfg.eval_harmful), harmless=(cfg.eval_harmless,), tasks=(task,),
                       limit=cfg.eval_limit, task_limit=cfg.task_eval_samples, max_new_tokens=cfg.max_new_tokens,
                       task_max_new_tokens=cfg.task_max_new_tokens, batch_size=cfg.gen_batch_size,
                       model_name=cfg.model, adapter=str(adapter) if adapter else None, llm_judge="auto")
