@@ -88,8 +88,10 @@ def test_pipeline_end_to_end_on_tiny_model(tiny_model_dir, tmp_path):
     again = run_experiment(cfg, out, kind="demo")
     assert [r["asr"] for r in again["runs"]] == [r["asr"] for r in on_disk["runs"]]
     # another configuration in the same folder is refused instead of mixing results
-    with pytest.raises(ValueError, match="different configuration"):
+    with pytest.raises(ValueError, match="different configuration .*train_samples differ"):
         run_experiment(tiny_cfg(tiny_model_dir, train_samples=9), out)
+    with pytest.raises(ValueError, match="methods \\['procon_wu_safe'\\] would be dropped"):
+        run_experiment(tiny_cfg(tiny_model_dir, methods=["start", "sft"]), out)
 
     # the finding records carry intervals and three-valued verdicts, and the report shows both judges
     assert on_disk["findings"] and all(f["verdict"] in ("holds", "does not hold", "inconclusive")
@@ -270,6 +272,18 @@ def test_paper_warmup_adds_its_epochs_and_the_control_matches_them():
     assert run_epochs(inside, "procon_wu_safe") == 2.0 and run_epochs(inside, "sft_long") == 2.0
     longer = ExperimentConfig(methods=["start", "procon_wu_safe"], method_options={"procon_wu_safe": {"schedule_length": 1}})
     assert run_epochs(longer, "procon_wu_safe") == 3.0
+
+
+def test_adding_methods_extends_an_experiment_and_keeps_its_runs():
+    from safeanchor.pipelines.experiment import extension_refused
+
+    old = ExperimentConfig(methods=["start", "sft"]).to_dict()
+    more = ExperimentConfig(methods=["start", "sft", "pc"], variants={"pc": {"method": "procon_wu_safe"}}).to_dict()
+    assert extension_refused(old, more) is None
+    assert "seeds differ" in extension_refused(old, ExperimentConfig(methods=["start", "sft", "pc"], seeds=[1],
+                                                                      variants={"pc": {"method": "procon"}}).to_dict())
+    changed = ExperimentConfig(methods=["start", "sft"], method_options={"sft": {"learning_rate": 1e-3}}).to_dict()
+    assert extension_refused(old, changed) == "method_options of ['sft'] differ"
 
 
 def test_variants_name_settings_of_a_method_and_are_validated():

@@ -259,6 +259,22 @@ def estimate_seconds(cfg: ExperimentConfig, *, start_built: bool) -> float:
             + train + evals + (len(runs) * _EST["drift"] if cfg.drift else 0))
 
 
+def extension_refused(saved: dict[str, Any], new: dict[str, Any]) -> str | None:
+    """Why ``new`` cannot continue the experiment ``saved`` (None: it can). Adding methods (or
+    variants) is allowed, every finished run keeps its meaning; any other change is not."""
+    others = sorted(k for k in set(saved) | set(new)
+                    if k not in ("methods", "variants", "method_options") and saved.get(k) != new.get(k))
+    if others:
+        return f"{', '.join(others)} differ"
+    if not set(saved["methods"]) <= set(new["methods"]):
+        return f"methods {sorted(set(saved['methods']) - set(new['methods']))} would be dropped"
+    for key in ("variants", "method_options"):
+        changed = [m for m in saved["methods"] if (saved.get(key) or {}).get(m) != (new.get(key) or {}).get(m)]
+        if changed:
+            return f"{key} of {changed} differ"
+    return None
+
+
 def report_finished(cfg: ExperimentConfig, out: str | Path, *, kind: str = "bench") -> dict[str, Any]:
     """Results and report from the runs of ``out`` that are finished (trained and evaluated),
     without running anything: an interrupted or still running bench reports its whole seeds.
@@ -299,8 +315,12 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path, *, kind: str = "bench
     out.mkdir(parents=True, exist_ok=True)
     cfg_file = out / "experiment.json"
     if cfg_file.exists() and read_json(cfg_file) != cfg.to_dict():
-        raise ValueError(f"{out} holds a run with a different configuration ({cfg_file}); "
-                         "use another --out or delete it")
+        why = extension_refused(read_json(cfg_file), cfg.to_dict())
+        if why:
+            raise ValueError(f"{out} holds a run with a different configuration ({cfg_file}: {why}); "
+                             "use another --out or delete it")
+        console.print(f"extending {out} with methods {[m for m in cfg.methods if m not in read_json(cfg_file)['methods']]}"
+                      " (its finished runs are kept)")
     runs = planned_runs(cfg)
     check_training_configs(cfg, runs)  # every run's training config, before any work
     write_json(cfg_file, cfg.to_dict())
