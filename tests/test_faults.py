@@ -8,6 +8,7 @@ fixture then checks that every file that existed before the action is byte-ident
 
 from __future__ import annotations
 
+import os
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -177,3 +178,17 @@ def test_cli_refuses_to_overwrite_a_finished_artifact(tmp_path, tiny_model_dir, 
     text = " ".join(res.output.split())  # the console wraps long lines
     assert "already holds a finished" in text and "--force" in text
     assert snapshot(out) == before
+
+
+def test_debug_flag_shows_the_traceback_of_a_user_mistake(tmp_path):
+    import subprocess
+    import sys
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("num_train_epochs: -2\n")
+    cmd = [sys.executable, "-m", "safeanchor", "train", "--config", str(bad)]
+    plain = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "SAFEANCHOR_DEBUG": ""})
+    debug = subprocess.run(cmd + ["--debug"], capture_output=True, text=True, env={**os.environ, "SAFEANCHOR_DEBUG": ""})
+    assert plain.returncode == 2 and "Traceback" not in plain.stdout + plain.stderr
+    assert "num_train_epochs must be a number > 0" in plain.stdout + plain.stderr
+    assert debug.returncode != 0 and "ConfigError" in debug.stdout + debug.stderr

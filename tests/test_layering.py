@@ -28,7 +28,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("train",),
     ("report",),
     ("pipelines",),
-    ("cli",),
+    ("cli", "__main__"),  # python -m safeanchor: the command itself
 ]
 RANK = {part: i for i, layer in enumerate(LAYERS) for part in layer}
 

@@ -13,6 +13,12 @@ import sys
 
 import typer
 
+def debug_reraise() -> None:
+    """Inside a command's ``except``: with ``--debug`` / ``SAFEANCHOR_DEBUG=1``, re-raise for the traceback."""
+    if os.environ.get("SAFEANCHOR_DEBUG"):
+        raise
+
+
 def user_errors() -> tuple[type[BaseException], ...]:
     """Exceptions that mean a user mistake (a bad config, data file, path or folder): one message, no traceback."""
     from ..configfile import ConfigError
@@ -23,7 +29,8 @@ def user_errors() -> tuple[type[BaseException], ...]:
 
 
 class _App(typer.Typer):
-    """The Typer app; a user mistake prints one clear line and exits 2 (``SAFEANCHOR_DEBUG=1``: the traceback)."""
+    """The Typer app; a user mistake prints one clear line and exits 2 (``--debug`` anywhere on the command
+    line, or ``SAFEANCHOR_DEBUG=1``: the traceback)."""
 
     def __call__(self, *args, **kwargs):
         import signal
@@ -32,6 +39,10 @@ class _App(typer.Typer):
             raise KeyboardInterrupt(f"signal {signum}")
 
         signal.signal(signal.SIGTERM, stop)
+        argv = sys.argv
+        if "--debug" in argv[1:]:  # global: show the traceback of a user mistake too (= SAFEANCHOR_DEBUG=1)
+            sys.argv = [a for a in argv if a != "--debug"]
+            os.environ["SAFEANCHOR_DEBUG"] = "1"
         try:
             return super().__call__(*args, **kwargs)
         except Exception as e:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Optional
 
 import typer
+
+from . import debug_reraise
 from rich.console import Console
 from rich.table import Table
 
@@ -75,6 +77,7 @@ def data_show(
     try:
         records = load_source(source, columns=parse_mapping(columns))
     except DataError as e:
+        debug_reraise()
         console.print(f"[red]error:[/red] {e}")
         raise typer.Exit(2)
     console.print(f"[bold]{source}[/bold]: {len(records)} records")

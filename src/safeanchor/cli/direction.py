@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Iterator, List, Optional
 
 import typer
+
+from . import debug_reraise
 from rich.console import Console
 from rich.table import Table
 
@@ -30,6 +32,7 @@ def _user_errors() -> Iterator[None]:
     try:
         yield
     except (DataError, UnsupportedModelError, IncompatibleDirectionError, FileNotFoundError, ValueError) as e:
+        debug_reraise()
         console.print(f"[red]error:[/red] {e}")
         raise typer.Exit(2)
 
@@ -122,6 +125,7 @@ def direction(
     try:
         claim_output_folder(out, (TENSORS_FILE, INFO_FILE), force=force, what="refusal direction")
     except (FileExistsError, FileNotFoundError) as e:
+        debug_reraise()
         console.print(f"[red]error:[/red] {e}")
         raise typer.Exit(2)
     from ..data import load_source

@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import List, Optional
 
 import typer
+
+from . import debug_reraise
 from rich.console import Console
 
 console = Console(stderr=True)
@@ -48,6 +50,7 @@ def eval_command(
         try:
             claim_output_folder(out, (EVAL_FILE,), force=force, what="evaluation")
         except (FileExistsError, FileNotFoundError) as e:
+            debug_reraise()
             console.print(f"[red]error:[/red] {e}")
             raise typer.Exit(2)
     from ..data import DataError
@@ -74,16 +77,19 @@ def eval_command(
             if classifier else None,
             seed=seed, model_name=model, adapter=adapter, progress=not quiet)
     except ValueError as e:
+        debug_reraise()
         console.print(f"[red]error:[/red] {e}")
         raise typer.Exit(2)
     try:
         m, tok = load_model(model, device=device, precision=precision, adapter=adapter)
     except FileNotFoundError as e:
+        debug_reraise()
         console.print(f"[red]error:[/red] {e}")
         raise typer.Exit(2)
     try:
         result = evaluate_model(m, tok, cfg)
     except (DataError, JudgeConnectionError, JudgeOutputError) as e:
+        debug_reraise()
         console.print(f"[red]error:[/red] {e}")
         raise typer.Exit(1)
     Console().print(summary_table(result))

@@ -7,6 +7,8 @@ from typing import Optional
 
 import typer
 
+from . import debug_reraise
+
 
 def demo(
     out: Path = typer.Option(Path("runs/demo"), help="output folder (a rerun resumes finished stages)"),
@@ -33,6 +35,7 @@ def bench(
         base = ExperimentConfig.preset("quick" if quick else "bench")
         cfg = ExperimentConfig.from_yaml(config, base=base) if config else base
     except ValueError as e:
+        debug_reraise()
         typer.secho(f"error: {e}", fg="red", err=True)
         raise typer.Exit(2)
     if report_only:
@@ -46,6 +49,7 @@ def _run(fn) -> None:
     try:
         fn()
     except ValueError as e:
+        debug_reraise()
         typer.secho(f"error: {e}", fg="red", err=True)
         raise typer.Exit(2)
 

@@ -7,6 +7,8 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+
+from . import debug_reraise
 from rich.console import Console
 from rich.table import Table
 
@@ -56,6 +58,7 @@ def align(
             console.print(f"building into {out} (about {BUILD_SECONDS / 60:.0f} min on a 2-core CPU with the defaults)")
         info = build_safe_model(base, out, force=force, seed=seed, **opts)
     except (FileExistsError, ValueError) as e:
+        debug_reraise()
         console.print(f"[red]error:[/red] {e}")
         raise typer.Exit(2)
     t = Table("split", "harmful refused", "harmless refused", title=f"aligned model -> {out}")
@@ -98,6 +101,7 @@ def safe_lora(
         report = apply_safe_lora(model, aligned, unaligned, mode=mode, threshold=tau, k=k)
         save_projected_adapter(model, report, out, base_model=base, adapter=str(adapter))
     except (AlignmentDirectionError, FileExistsError, ValueError) as e:
+        debug_reraise()
         console.print(f"[red]error:[/red] {e}")
         raise typer.Exit(2)
     t = Table("module", "similarity", "isotropic cos", "eff. rank V", "‖V‖_F", "‖BA‖_F", "projected",

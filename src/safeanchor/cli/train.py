@@ -6,6 +6,8 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
+
+from . import debug_reraise
 from rich.console import Console
 from rich.table import Table
 
@@ -38,6 +40,7 @@ def train_command(
     try:
         cfg = load_config(config, set_)
     except ConfigError as e:
+        debug_reraise()
         console.print(f"[red]config error:[/red] {e}")
         raise typer.Exit(2)
     if show_config:
@@ -46,6 +49,7 @@ def train_command(
     try:
         result = train(cfg)
     except (DataError, RegularizerSetupError, ZeroPenaltyError, FileNotFoundError) as e:
+        debug_reraise()
         console.print(f"[red]error:[/red] {e}")
         raise typer.Exit(1)
     steps = result.steps
