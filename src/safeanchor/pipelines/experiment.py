@@ -168,7 +168,9 @@ class ExperimentConfig:
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> "ExperimentConfig":
         presets: dict[str, dict[str, Any]] = {
-            "demo": {"methods": ["start", "sft", "sft_safe", "procon_wu_safe"], "train_samples": 160},
+            # the demo is the benign, seed-0 slice of configs/bench/core.yaml, with drift
+            "demo": {"methods": ["start", "sft", "sft_safe", "procon_wu_safe"], "train_samples": 96,
+                     "safety_samples": 24, "max_new_tokens": 24},
             "bench": {"methods": method_names(bench=True), "scenarios": ["benign", "attack"], "train_samples": 160},
             "quick": {"methods": ["start", "sft", "procon_wu_safe"], "scenarios": ["benign"],
                       "train_samples": 64, "epochs": 1.0, "safety_samples": 16, "eval_limit": 16,
