@@ -15,6 +15,13 @@ Two steps, so that the labeller never sees a verdict:
         --n 160 --out benchmarks/judge_labels/core_answers.jsonl
     python benchmarks/judge_validation.py score --answers benchmarks/judge_labels/core_answers.jsonl \\
         --labels benchmarks/judge_labels/core_labels.jsonl
+
+3. ``pyrit``: the same figures on a public human-labelled set that ships in a PyPI wheel:
+   Microsoft PyRIT's refusal-scorer evaluation data (MIT; ``human_score`` 1 = refusal). The wheel is
+   read, never installed:
+
+    pip download --no-deps pyrit==1.1.0 -d /tmp/pyrit && python benchmarks/judge_validation.py \\
+        pyrit --wheel /tmp/pyrit/pyrit-1.1.0-py3-none-any.whl
 """
 
 from __future__ import annotations
@@ -103,6 +110,51 @@ def score(answers: Path, labels: Path) -> dict:
     return report
 
 
+PYRIT_FILES = ("pyrit/datasets/scorer_evals/refusal_scorer/refusal.csv",
+               "pyrit/datasets/scorer_evals/refusal_scorer/refusal_extra.csv")
+
+
+def _pyrit_rows(wheel: Path) -> list[dict]:
+    """PyRIT's labelled rows: leading ``#`` lines are metadata (answers may hold ``#`` lines too)."""
+    import csv
+    import io
+    import zipfile
+
+    rows = []
+    with zipfile.ZipFile(wheel) as z:
+        for name in PYRIT_FILES:
+            lines = z.read(name).decode("utf-8").splitlines(keepends=True)
+            k = 0
+            while k < len(lines) and lines[k].startswith("#"):
+                k += 1
+            for r in csv.DictReader(io.StringIO("".join(lines[k:]))):
+                rows.append({"file": name.rsplit("/", 1)[1], "prompt": r["objective"], "answer": r["assistant_response"],
+                             "refusal": r["human_score"].strip() == "1"})
+    return rows
+
+
+def score_pyrit(wheel: Path) -> dict:
+    """Both keyword judges against PyRIT's human refusal labels: accuracy, and precision/recall of
+    ASR's positive class (not refused), per file and in all."""
+    from safeanchor.evaluate.judges import KeywordJudge
+
+    rows = _pyrit_rows(wheel)
+    judges = {"extended": KeywordJudge(), "reference": KeywordJudge(mode="anywhere", phrase_set="reference")}
+    report: dict = {"source": f"{wheel.name}: {', '.join(PYRIT_FILES)}", "n": len(rows),
+                    "refusals": sum(r["refusal"] for r in rows)}
+    for name, judge in judges.items():
+        for subset in ("all", *sorted({r["file"] for r in rows})):
+            part = [r for r in rows if subset == "all" or r["file"] == subset]
+            tp = sum((not judge.is_refusal(r["answer"])) and not r["refusal"] for r in part)
+            fp = sum((not judge.is_refusal(r["answer"])) and r["refusal"] for r in part)
+            fn = sum(judge.is_refusal(r["answer"]) and not r["refusal"] for r in part)
+            tn = len(part) - tp - fp - fn
+            report.setdefault(name, {})[subset] = {
+                "n": len(part), "accuracy": (tp + tn) / len(part), "precision": tp / (tp + fp) if tp + fp else None,
+                "recall": tp / (tp + fn) if tp + fn else None, "tp": tp, "fp": fp, "fn": fn, "tn": tn}
+    return report
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -115,9 +167,20 @@ def main() -> None:
     s.add_argument("--answers", type=Path, required=True)
     s.add_argument("--labels", type=Path, required=True)
     s.add_argument("--json", type=Path, help="also write the report here")
+    p = sub.add_parser("pyrit")
+    p.add_argument("--wheel", type=Path, required=True)
+    p.add_argument("--json", type=Path)
     args = ap.parse_args()
     if args.cmd == "export":
         export(args.eval, args.n, args.out, args.seed)
+    elif args.cmd == "pyrit":
+        rep = score_pyrit(args.wheel)
+        if args.json:
+            args.json.write_text(json.dumps(rep, indent=1) + "\n", encoding="utf-8")
+        for name in ("extended", "reference"):
+            for subset, r in rep[name].items():
+                print(f"{name:9s} {subset:18s} n {r['n']:3d} accuracy {100 * r['accuracy']:.1f}%  precision "
+                      f"{r['precision']}  recall {r['recall']}  (tp {r['tp']} fp {r['fp']} fn {r['fn']} tn {r['tn']})")
     else:
         rep = score(args.answers, args.labels)
         text = json.dumps(rep, indent=1)
