@@ -306,3 +306,13 @@ def test_variants_name_settings_of_a_method_and_are_validated():
         ExperimentConfig(methods=["start", "pc_ptl"])
     with pytest.raises(ConfigError, match="task_split must be test or val"):
         ExperimentConfig(task_split="dev")
+
+
+def test_a_field_added_later_takes_its_default_in_a_saved_experiment(tmp_path):
+    from safeanchor.pipelines.experiment import saved_config
+
+    cfg = ExperimentConfig()
+    old = cfg.to_dict()
+    del old["task_split"], old["variants"]  # written before these fields existed
+    (tmp_path / "experiment.json").write_text(json.dumps(old))
+    assert saved_config(tmp_path / "experiment.json") == cfg.to_dict()

@@ -261,6 +261,18 @@ def estimate_seconds(cfg: ExperimentConfig, *, start_built: bool) -> float:
             + train + evals + (len(runs) * _EST["drift"] if cfg.drift else 0))
 
 
+def saved_config(cfg_file: Path) -> dict[str, Any]:
+    """An experiment's saved ``experiment.json``; a field added to :class:`ExperimentConfig` after
+    it was written takes its default (the behaviour that run had)."""
+    defaults = {}
+    for f in dataclasses.fields(ExperimentConfig):
+        if f.default is not dataclasses.MISSING:
+            defaults[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+            defaults[f.name] = f.default_factory()  # type: ignore[misc]
+    return {**defaults, **read_json(cfg_file)}
+
+
 def extension_refused(saved: dict[str, Any], new: dict[str, Any]) -> str | None:
     """Why ``new`` cannot continue the experiment ``saved`` (None: it can). Adding methods (or
     variants) is allowed, every finished run keeps its meaning; any other change is not."""
@@ -285,8 +297,9 @@ def report_finished(cfg: ExperimentConfig, out: str | Path, *, kind: str = "benc
     cfg_file = out / "experiment.json"
     if not cfg_file.is_file():
         raise ValueError(f"{out} holds no experiment (no experiment.json)")
-    if read_json(cfg_file) != cfg.to_dict():
-        raise ValueError(f"{out} holds a run with a different configuration ({cfg_file})")
+    if saved_config(cfg_file) != cfg.to_dict():
+        raise ValueError(f"{out} holds a run with a different configuration ({cfg_file}: "
+                         f"{extension_refused(saved_config(cfg_file), cfg.to_dict()) or 'methods differ'})")
     stages = Stages(out, quiet=True)
     for name in ("01_start", "05_eval/start"):
         if not stages.done(name):
@@ -316,13 +329,15 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path, *, kind: str = "bench
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     cfg_file = out / "experiment.json"
-    if cfg_file.exists() and read_json(cfg_file) != cfg.to_dict():
-        why = extension_refused(read_json(cfg_file), cfg.to_dict())
+    if cfg_file.exists() and saved_config(cfg_file) != cfg.to_dict():
+        saved = saved_config(cfg_file)
+        why = extension_refused(saved, cfg.to_dict())
         if why:
             raise ValueError(f"{out} holds a run with a different configuration ({cfg_file}: {why}); "
                              "use another --out or delete it")
-        console.print(f"extending {out} with methods {[m for m in cfg.methods if m not in read_json(cfg_file)['methods']]}"
-                      " (its finished runs are kept)")
+        added = [m for m in cfg.methods if m not in saved["methods"]]
+        if added:
+            console.print(f"extending {out} with methods {added} (its finished runs are kept)")
     runs = planned_runs(cfg)
     check_training_configs(cfg, runs)  # every run's training config, before any work
     write_json(cfg_file, cfg.to_dict())
