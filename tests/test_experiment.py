@@ -316,3 +316,13 @@ def test_a_field_added_later_takes_its_default_in_a_saved_experiment(tmp_path):
     del old["task_split"], old["variants"]  # written before these fields existed
     (tmp_path / "experiment.json").write_text(json.dumps(old))
     assert saved_config(tmp_path / "experiment.json") == cfg.to_dict()
+
+
+def test_pairs_are_matched_by_seed_never_broadcast_between_trained_methods():
+    o = _outcomes({"start": 0.0, "sft": 0.5, "sft_safe": 0.1, "procon_wu_safe": 0.1, "sft_long": 0.5}, seeds=(0, 1))
+    o.by[("procon_wu_safe", "benign")] = o.by[("procon_wu_safe", "benign")][:1]  # seed 1 not finished
+    f = next(f for f in claims(o) if f["claim"] == "procon_wu_safe has a lower ASR than SFT + safety data")
+    assert f["n_seeds"] == 1  # only seed 0 is paired; SFT + safety data's seed 1 is left out, not compared to seed 0
+    g = next(f for f in claims(o) if f["claim"] == "plain SFT raises ASR over the aligned start"
+             and f["judge"] == "extended")
+    assert g["n_seeds"] == 2  # the start model (one evaluation) pairs with every seed

@@ -148,11 +148,19 @@ class Outcomes:
     def seeds(self, method: str, scenario: str) -> list[int]:
         return sorted(seed for seed, _ in self.by.get((method, scenario), []))
 
-    def array(self, method: str, scenario: str, metric: str):
+    def array(self, method: str, scenario: str, metric: str, seeds: list[int] | None = None):
+        """``(seeds, items)`` outcomes; ``seeds`` keeps only those seeds (the start model has one row)."""
         import numpy as np
 
-        return np.array([[got[metric][k] for k in self.items[metric]] for _, got in self.by[(method, scenario)]],
-                        dtype=np.float64)
+        rows = [got for seed, got in self.by[(method, scenario)]
+                if seeds is None or method == "start" or seed in seeds]
+        return np.array([[got[metric][k] for k in self.items[metric]] for got in rows], dtype=np.float64)
+
+    def common_seeds(self, a: str, b: str, scenario: str) -> list[int] | None:
+        """The seeds both methods ran (pairs are matched by seed); None when one side is the start model."""
+        if "start" in (a, b):
+            return None
+        return sorted(set(self.seeds(a, scenario)) & set(self.seeds(b, scenario)))
 
     def has(self, method: str, scenario: str) -> bool:
         return (method, scenario) in self.by
@@ -177,7 +185,10 @@ def _record(o: Outcomes, claim: str, scenario: str, metric: str, a: str, b: str,
 
     if not (o.has(a, scenario) and o.has(b, scenario)) or metric not in o.items:
         return None
-    c = compare(scale_a * o.array(a, scenario, metric), o.array(b, scenario, metric))
+    seeds = o.common_seeds(a, b, scenario)
+    if seeds is not None and not seeds:
+        return None  # no seed both ran (an unfinished bench): nothing to pair
+    c = compare(scale_a * o.array(a, scenario, metric, seeds), o.array(b, scenario, metric, seeds))
     verdict = decide(c["diff_ci95"], direction, bound)
     judge = "reference" if metric.startswith("asr_reference") else "extended" if metric.startswith("asr") else None
     return {"claim": claim, "scenario": scenario, "metric": metric, "judge": judge,
