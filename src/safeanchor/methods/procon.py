@@ -454,18 +454,15 @@ class ProCon(Regularizer):
         later epochs reshuffle, so padding and batch shapes change; under bf16 that can move z0.
         Cached anchors whose relative error exceeds ``NOISE_TOLERANCE`` are replaced by online
         anchors (LoRA) or reported (full fine-tuning), and the run says so."""
-        dataset, bs = trainer.train_dataset, trainer.args.per_device_train_batch_size
-        order = list(range(len(dataset)))[::-1]
+        bs = trainer.args.per_device_train_batch_size
+        order = list(range(len(trainer.train_dataset)))[::-1][: n_batches * bs]
         model, decoder = trainer.model, decoder_of(trainer.model)
-        device = trainer.args.device
         worst, total, scale = 0.0, 0.0, 0.0
         was_training = model.training
         model.eval()
         try:
             with original_weights(model):
-                for start in range(0, min(len(order), n_batches * bs), bs):
-                    idx = order[start:start + bs]
-                    batch = {k: v.to(device) for k, v in trainer.data_collator([dataset[i] for i in idx]).items()}
+                for batch in _batches_of(trainer, order):
                     with trainer.autocast_smart_context_manager():
                         hs = decoder(**forward_inputs(batch), output_hidden_states=True).hidden_states
                     mask = self.constrained_mask(batch["labels"])
@@ -496,13 +493,7 @@ class ProCon(Regularizer):
     def _anchor_batches(trainer, filled: torch.Tensor):
         """The first epoch's batches as training will see them, then any sample they missed."""
         yield from trainer.get_train_dataloader()
-        missing = (~filled).nonzero().flatten().tolist()
-        if missing:
-            bs = trainer.args.per_device_train_batch_size
-            device = trainer.args.device
-            for start in range(0, len(missing), bs):
-                batch = trainer.data_collator([trainer.train_dataset[i] for i in missing[start:start + bs]])
-                yield {k: v.to(device) for k, v in batch.items()}
+        yield from _batches_of(trainer, (~filled).nonzero().flatten().tolist())
 
     # -- the constrained positions ---------------------------------------------------------------
 
@@ -590,6 +581,14 @@ class ProCon(Regularizer):
             self._gap = state["refusal_gap"].to(torch.float32)
         if "anchor_values" in state and self.config.anchor == "cached":
             self.anchors = AnchorCache(state["anchor_values"].to(torch.float32), state["anchor_offsets"].to(torch.long))
+
+
+def _batches_of(trainer, indices: Sequence[int]):
+    """The training samples at ``indices``, collated in batches of the per-device size, on the device."""
+    bs, device = trainer.args.per_device_train_batch_size, trainer.args.device
+    for start in range(0, len(indices), bs):
+        batch = trainer.data_collator([trainer.train_dataset[i] for i in indices[start:start + bs]])
+        yield {k: v.to(device) for k, v in batch.items()}
 
 
 def from_config(config) -> ProCon:

@@ -297,9 +297,10 @@ def report_finished(cfg: ExperimentConfig, out: str | Path, *, kind: str = "benc
     cfg_file = out / "experiment.json"
     if not cfg_file.is_file():
         raise ValueError(f"{out} holds no experiment (no experiment.json)")
-    if saved_config(cfg_file) != cfg.to_dict():
+    saved = saved_config(cfg_file)
+    if saved != cfg.to_dict():
         raise ValueError(f"{out} holds a run with a different configuration ({cfg_file}: "
-                         f"{extension_refused(saved_config(cfg_file), cfg.to_dict()) or 'methods differ'})")
+                         f"{extension_refused(saved, cfg.to_dict()) or 'methods differ'})")
     stages = Stages(out, quiet=True)
     for name in ("01_start", "05_eval/start"):
         if not stages.done(name):
@@ -329,8 +330,8 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path, *, kind: str = "bench
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     cfg_file = out / "experiment.json"
-    if cfg_file.exists() and saved_config(cfg_file) != cfg.to_dict():
-        saved = saved_config(cfg_file)
+    saved = saved_config(cfg_file) if cfg_file.exists() else None
+    if saved is not None and saved != cfg.to_dict():
         why = extension_refused(saved, cfg.to_dict())
         if why:
             raise ValueError(f"{out} holds a run with a different configuration ({cfg_file}: {why}); "
