@@ -2,7 +2,7 @@
 
 Layers, bottom to top (a module may import from its own layer or any layer below):
 
-    io, families, configfile  <-  data, hooks, models  <-  direction, evaluate  <-  methods  <-  train
+    io, families, configfile, distributed  <-  data, hooks, models  <-  direction, evaluate  <-  methods  <-  train
                   <-  report  <-  pipelines  <-  cli
 
 Every ``import`` counts, at module level or inside a function (a lazy import is still a
@@ -21,7 +21,7 @@ PACKAGE = "safeanchor"
 SRC = Path(__file__).resolve().parents[1] / "src" / PACKAGE
 
 LAYERS: list[tuple[str, ...]] = [
-    ("__init__", "io", "families", "configfile"),
+    ("__init__", "io", "families", "configfile", "distributed"),
     ("data", "hooks", "models"),
     ("direction", "evaluate"),
     ("methods",),

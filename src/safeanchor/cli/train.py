@@ -32,6 +32,7 @@ def train_command(
     import yaml
 
     from ..data import DataError
+    from ..distributed import DuplicatedRunError, is_main
     from ..methods import RegularizerSetupError
     from ..train.config import ConfigError, load_config
     from ..train.run import train
@@ -48,12 +49,15 @@ def train_command(
         return
     try:
         result = train(cfg)
-    except (DataError, RegularizerSetupError, ZeroPenaltyError, FileNotFoundError) as e:
+    except (DataError, RegularizerSetupError, ZeroPenaltyError, FileNotFoundError, DuplicatedRunError) as e:
         debug_reraise()
         console.print(f"[red]error:[/red] {e}")
         raise typer.Exit(1)
+    if not is_main():  # one process prints the summary, as one wrote the artifacts
+        return
     steps = result.steps
-    t = Table(title=f"{cfg.method}: {len(steps)} steps in {result.runtime_s:.1f} s", show_header=True)
+    world = f" on {cfg.world_size} processes" if cfg.world_size > 1 else ""
+    t = Table(title=f"{cfg.method}: {len(steps)} steps in {result.runtime_s:.1f} s{world}", show_header=True)
     t.add_column("value")
     t.add_column("first step", justify="right")
     t.add_column("last step", justify="right")

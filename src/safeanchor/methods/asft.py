@@ -176,10 +176,34 @@ class AsFT(Regularizer):
         # cancellation bf16 would blur, and the cost (r×r Grams) is negligible in fp32.
         with torch.autocast(first.device.type, enabled=False):
             for name, module in self._modules.items():
-                B, A = lora_factors(module, self._adapter)
+                B, A = whole_factors(name, module, self._adapter)
                 scaling = float(module.scaling[self._adapter]) if self.config.include_lora_scaling else 1.0
                 total = total + asft_module_penalty(B.float(), A.float(), self._anchors[name], scaling)
         return total
+
+
+def whole_factors(name: str, module, adapter: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """``lora_factors`` checked to be whole on this process. Under DeepSpeed ZeRO-3 a partitioned
+    parameter read outside its module's forward is an empty tensor, under FSDP a local shard or a
+    DTensor: the penalty computed from it would be 0 or partial without any error. safeanchor's ZeRO-3
+    config keeps LoRA factors whole (``stage3_param_persistence_threshold``); anything else stops here."""
+    B, A = lora_factors(module, adapter)
+    r = int(module.r[adapter])
+    out_f, in_f = getattr(module, "out_features", None), getattr(module, "in_features", None)
+    problems = []
+    for label, t, shape in (("lora_B", B, (out_f, r)), ("lora_A", A, (r, in_f))):
+        if type(t).__name__ == "DTensor" or hasattr(t, "ds_id") and getattr(t, "ds_status", None) is not None \
+                and str(getattr(t, "ds_status")).endswith("NOT_AVAILABLE"):
+            problems.append(f"{label} is sharded ({type(t).__name__})")
+        elif t.numel() == 0 or (None not in shape and tuple(t.shape) != shape):
+            problems.append(f"{label} has shape {tuple(t.shape)}, expected {shape}")
+    if problems:
+        raise RuntimeError(
+            f"asft: the LoRA factors of {name} are not whole on this process ({'; '.join(problems)}): the penalty "
+            "would be computed from a shard. Keep LoRA parameters unpartitioned (DeepSpeed ZeRO-3: "
+            "stage3_param_persistence_threshold above the largest LoRA factor, as configs/accelerate/zero3.yaml "
+            "does; FSDP: use DDP or ZeRO-2 for AsFT)")
+    return B, A
 
 
 def from_config(config) -> AsFT:
@@ -187,4 +211,4 @@ def from_config(config) -> AsFT:
     return AsFT(AsFTConfig(**dict((getattr(config, "regularizer_options", None) or {}).get("asft") or {})))
 
 
-__all__ = ["AsFT", "AsFTConfig", "asft_module_penalty", "from_config", "unaligned_from_alignment_stage"]
+__all__ = ["AsFT", "AsFTConfig", "asft_module_penalty", "from_config", "unaligned_from_alignment_stage", "whole_factors"]

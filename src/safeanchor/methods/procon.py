@@ -44,6 +44,7 @@ import torch
 from ..data import IGNORE_INDEX
 from .base import Regularizer, RegularizerSetupError
 from ..data.batches import forward_inputs
+from ..distributed import all_reduce, broadcast, rank, world_size
 from ..models import model_precision
 
 log = logging.getLogger(__name__)
@@ -294,6 +295,9 @@ class ProCon(Regularizer):
         restored = self.directions is not None
         if not restored:
             report.update(self._extract_direction(trainer))
+            if world_size() > 1:  # every rank extracted the same; rank 0's copy makes it certain
+                self.directions = broadcast(self.directions)
+                self._gap = broadcast(self._gap)
         n_layers_total = self.directions.shape[0]
         norms = self.directions.norm(dim=-1)
         degenerate = [l for l in range(n_layers_total) if float(norms[l]) == 0.0]
@@ -414,36 +418,35 @@ class ProCon(Regularizer):
                     "anchors_restored_from_checkpoint": True, "anchor_pass_s": 0.0}
         t0, c0 = time.perf_counter(), time.process_time()
         cache = AnchorCache.empty(counts, len(self.layers))
-        filled = torch.zeros(len(counts), dtype=torch.bool)
         directions = self.directions[self.layers]
-        model = trainer.model
-        decoder = decoder_of(model)
-        was_training = model.training
-        # Eval mode keeps z0 deterministic; for models without dropout outside the (disabled)
-        # LoRA branch it is the training forward, and walking the trainer's own first-epoch
-        # batches reproduces the hidden states of step 0 bit for bit.
-        model.eval()
-        try:
-            with original_weights(model):
-                for batch in self._anchor_batches(trainer, filled):
-                    idx = batch["sample_idx"].cpu()
-                    new = ~filled[idx]
-                    with trainer.autocast_smart_context_manager():
-                        hs = decoder(**forward_inputs(batch), output_hidden_states=True).hidden_states
-                    mask = self.constrained_mask(batch["labels"])  # (B, T)
-                    z0 = response_projections(hs, mask, self.layers, directions)  # (N, L_c)
-                    keep = new.to(mask.device)[:, None].expand_as(mask)[mask]
-                    cache.put(idx[new], z0[keep])
-                    filled[idx] = True
-        finally:
-            model.train(was_training)
-        if not filled.all() or not torch.isfinite(cache.values).all():
-            raise RegularizerSetupError(f"procon: anchors missing for {int((~filled).sum())} samples")
+        ws, me = world_size(), rank()
+        # 1. this rank's first-epoch batches, exactly as training will see them (step 0 is then exact);
+        #    under data parallelism each rank walks its own shard
+        filled = self._fill_anchors(trainer, cache, directions, trainer.get_train_dataloader(), ())
+        # 2. one owner per sample: the lowest rank that computed it (even_batches repeats samples across
+        #    ranks); samples no rank's first epoch holds (drop_last, max_steps) go round-robin to the ranks
+        owner = all_reduce(torch.where(filled, me, ws).long(), "min")
+        missing = (owner == ws).nonzero().flatten()
+        owner[missing] = torch.arange(len(missing), dtype=torch.long) % ws
+        mine = missing[owner[missing] == me].tolist()
+        self._fill_anchors(trainer, cache, directions, None, mine)
+        # 3. gather the shards: each row summed from its owner's value and zeros elsewhere (exact; a MAX
+        #    over a zero buffer would lose negative projections)
+        if ws > 1:
+            own_rows = torch.repeat_interleave(owner == me, cache.counts())
+            cache.values[~own_rows] = 0.0
+            cache.values = all_reduce(cache.values, "sum")
+        # every row starts as NaN: one still NaN is a sample whose owner never computed it
+        bad_rows = ~torch.isfinite(cache.values).all(dim=1)  # (N_tokens,)
+        if bool(bad_rows.any()):
+            sample_of_row = torch.repeat_interleave(torch.arange(len(counts)), cache.counts())
+            raise RegularizerSetupError(f"procon: anchors missing for {len(sample_of_row[bad_rows].unique())} samples")
         self.anchors = cache
         if cache.values.shape[0] == 0:
             raise RegularizerSetupError("procon: the training set has no response tokens to anchor")
         out = {"n_samples": len(counts), "n_anchor_tokens": int(cache.values.shape[0]),
-               "anchors_restored_from_checkpoint": False, "anchor_pass_s": round(time.perf_counter() - t0, 3),
+               "anchors_restored_from_checkpoint": False, "anchor_world_size": ws,
+               "anchor_samples_this_rank": int((owner == me).sum()), "anchor_pass_s": round(time.perf_counter() - t0, 3),
                "anchor_pass_cpu_s": round(time.process_time() - c0, 3)}
         out.update(self._noise_floor(trainer, directions))
         return out
@@ -475,6 +478,9 @@ class ProCon(Regularizer):
         finally:
             model.train(was_training)
         relative = total / scale if scale > 0 else 0.0
+        # ranks must agree on a fallback to online anchors
+        relative = float(all_reduce(torch.tensor(relative, dtype=torch.float64), "max"))
+        worst = float(all_reduce(torch.tensor(worst, dtype=torch.float64), "max"))
         report = {"noise_floor_max_abs": worst, "noise_floor_relative": relative}
         if relative > NOISE_TOLERANCE:
             msg = (f"procon: cached anchors are not exact under another batch composition (mean |z - z0| / |z0| = "
@@ -489,11 +495,33 @@ class ProCon(Regularizer):
                 log.warning("%s; full fine-tuning keeps them (online would need a frozen copy)", msg)
         return report
 
-    @staticmethod
-    def _anchor_batches(trainer, filled: torch.Tensor):
-        """The first epoch's batches as training will see them, then any sample they missed."""
-        yield from trainer.get_train_dataloader()
-        yield from _batches_of(trainer, (~filled).nonzero().flatten().tolist())
+    def _fill_anchors(self, trainer, cache: AnchorCache, directions: torch.Tensor, loader, indices) -> torch.Tensor:
+        """z0 (original weights, eval mode) of the samples in ``loader``'s batches, or of the samples at
+        ``indices``, into ``cache`` (a sample's first computation wins); returns which samples were filled.
+
+        Eval mode keeps z0 deterministic; for models without dropout outside the (disabled) LoRA branch
+        it is the training forward, so the trainer's own first-epoch batches reproduce the hidden states
+        of step 0 bit for bit."""
+        filled = torch.zeros(cache.n_samples, dtype=torch.bool)
+        model = trainer.model
+        decoder = decoder_of(model)
+        was_training = model.training
+        model.eval()
+        try:
+            with original_weights(model):
+                for batch in (loader if loader is not None else _batches_of(trainer, list(indices))):
+                    idx = batch["sample_idx"].cpu()
+                    new = ~filled[idx]
+                    with trainer.autocast_smart_context_manager():
+                        hs = decoder(**forward_inputs(batch), output_hidden_states=True).hidden_states
+                    mask = self.constrained_mask(batch["labels"])  # (B, T)
+                    z0 = response_projections(hs, mask, self.layers, directions)  # (N, L_c)
+                    keep = new.to(mask.device)[:, None].expand_as(mask)[mask]
+                    cache.put(idx[new], z0[keep])
+                    filled[idx] = True
+        finally:
+            model.train(was_training)
+        return filled
 
     # -- the constrained positions ---------------------------------------------------------------
 

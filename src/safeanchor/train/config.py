@@ -193,6 +193,13 @@ class SafeTrainingConfig(TrainingArguments):
             except ValueError as e:
                 raise ConfigError(str(e)) from None
         self._check_placement(explicit_placement)
+        from ..distributed import is_multi_process_launch
+
+        if is_multi_process_launch() and not torch.cuda.is_available():
+            # accelerate forms a CPU process group only when told the run is on CPU; otherwise each
+            # process would train alone (torchrun --nproc_per_node 2 on a CPU machine)
+            self.use_cpu = True
+            self.ddp_backend = self.ddp_backend or "gloo"
         super().__post_init__()
 
     def _resolve_coefficient(self, plan) -> None:

@@ -13,6 +13,7 @@ from typing import Any
 
 from transformers import TrainerCallback
 
+from ..distributed import barrier, check_one_run
 from ..io import provenance, write_json
 from ..methods.base import Regularizer
 from .schedules import Schedule
@@ -124,6 +125,7 @@ def train(config, model=None, tokenizer=None, callbacks: list[TrainerCallback] |
     from ..models import model_fingerprint
     from .data import build_train_dataset
 
+    world = check_one_run(config)  # several processes that are not one run: stop before any work
     check_output_dir(config)
     set_seed(config.seed)
     model, tokenizer = prepare_model(config, model, tokenizer)
@@ -143,8 +145,13 @@ def train(config, model=None, tokenizer=None, callbacks: list[TrainerCallback] |
 
     model.eval()  # as load_model hands models out
     out = Path(config.output_dir)
-    trainer.save_model(str(out))
+    trainer.save_model(str(out))  # every rank takes part (FSDP/ZeRO-3 gather); the main one writes
     method = config.plan
+    result = TrainResult(out, list(trainer.state.log_history), {"data": data_report, **trainer.reports}, runtime,
+                         list(trainer.step_log), None, model, tokenizer)
+    if not trainer.is_world_process_zero():  # one writer: the artifacts below come from the main process
+        barrier()
+        return result
     post_hoc = method.transform(model, config, out) if method.kind == "post_hoc" else None
     atomic_write_text(out / "train_config.yaml", yaml.safe_dump(config.to_yaml_dict(), sort_keys=False))
     write_json(out / "train_log.json", {"steps": trainer.step_log, "log_history": trainer.state.log_history})
@@ -163,12 +170,15 @@ def train(config, model=None, tokenizer=None, callbacks: list[TrainerCallback] |
         "data": data_report,
         "regularizers": trainer.reports,
         "global_steps": trainer.state.global_step,
+        "world_size": world,
+        "global_batch_size": config.per_device_train_batch_size * config.gradient_accumulation_steps * world,
         "runtime_s": runtime,
         "seed": config.seed,
         "provenance": provenance(),
     })
-    return TrainResult(out, list(trainer.state.log_history), {"data": data_report, **trainer.reports}, runtime,
-                       list(trainer.step_log), post_hoc, model, tokenizer)
+    barrier()
+    result.post_hoc = post_hoc
+    return result
 
 
 __all__ = ["TrainResult", "build_regularizers", "check_output_dir", "drift_callbacks", "prepare_model", "train"]

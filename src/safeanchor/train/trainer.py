@@ -31,6 +31,7 @@ import torch
 from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
+from ..distributed import all_reduce, mean_over_ranks, world_size
 from ..io import load_tensors, provenance, read_json, save_tensors, write_json
 from ..methods.base import Regularizer, RegularizerSetupError
 from ..data.batches import forward_inputs
@@ -212,7 +213,7 @@ class SafeTrainer(Trainer):
         for name, coef in active:
             reg = self.regularizers[name][0]
             raw = reg(model, batch, outputs)
-            self._guard(name, reg, coef, raw)
+            self._guard(name, reg, coef, raw if world_size() == 1 else all_reduce(raw.detach().float()))
             if coef > 0:
                 loss = loss + coef * raw
             metrics[f"{name}/raw"] = float(raw.detach())
@@ -230,6 +231,8 @@ class SafeTrainer(Trainer):
         return (loss, outputs) if return_outputs else loss
 
     def _guard(self, name: str, reg: Regularizer, coef: float, raw: torch.Tensor) -> None:
+        """Checks one penalty value; under data parallelism ``raw`` is the sum over ranks, so every rank
+        decides alike (a check that stopped one rank only would leave the others waiting)."""
         if not torch.isfinite(raw.detach()).all():
             raise FloatingPointError(f"{name}: penalty is {float(raw)} at step {self.state.global_step}")
         step = self.state.global_step
@@ -249,7 +252,7 @@ class SafeTrainer(Trainer):
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         mode = "train" if self.model.training else "eval"
-        metrics = {k: sum(v) / len(v) for k, v in self._metrics[mode].items() if v}
+        metrics = mean_over_ranks({k: sum(v) / len(v) for k, v in self._metrics[mode].items() if v})
         if mode == "eval":
             metrics = {f"eval_{k}": v for k, v in metrics.items()}
         logs = {**logs, **metrics}
@@ -261,7 +264,7 @@ class SafeTrainer(Trainer):
         if not self._step_acc:
             return
         row: dict[str, Any] = {"step": self.state.global_step - 1, "epoch": self.state.epoch}
-        row.update({k: sum(v) / len(v) for k, v in self._step_acc.items()})
+        row.update(mean_over_ranks({k: sum(v) / len(v) for k, v in self._step_acc.items()}))  # ranks averaged
         self.step_log.append(row)
         self._step_acc.clear()
         if row["step"] == self.dominance_steps:
@@ -298,7 +301,7 @@ class SafeTrainer(Trainer):
             save_tensors(folder / REGULARIZER_STATE_FILE, tensors,
                          metadata={"regularizers": ",".join(self.regularizers)})
         state = {"global_step": self.state.global_step, "step_log": self.step_log, "reports": self.reports,
-                 "provenance": provenance()}
+                 "world_size": self.args.world_size, "provenance": provenance()}
         if hasattr(self.args, "to_yaml_dict"):  # what a resume from here must match
             from .config import result_settings
 
@@ -311,8 +314,11 @@ class SafeTrainer(Trainer):
             from ..configfile import ConfigError
             from .config import setting_differences
 
-            saved = read_json(folder / TRAINER_STATE_FILE).get("run_config")
+            state = read_json(folder / TRAINER_STATE_FILE)
+            saved = state.get("run_config")
             diffs = setting_differences(saved, self.args.to_yaml_dict()) if saved else []
+            if state.get("world_size", 1) != self.args.world_size:  # the global batch and the data shards differ
+                diffs.append(f"world_size: {state.get('world_size', 1)} there, {self.args.world_size} here")
             if diffs:
                 raise ConfigError(f"cannot resume from {folder}: it was trained with other settings "
                                   f"({'; '.join(diffs)}); resume with the same settings or start a new output_dir")
