@@ -167,3 +167,26 @@ def test_asft_refuses_a_sharded_lora_factor(tiny_model):
     module.lora_A["default"].weight = torch.nn.Parameter(torch.empty(0))  # what ZeRO-3 leaves outside forward
     with pytest.raises(RuntimeError, match=rf"LoRA factors of {name} are not whole.*lora_A has shape \(0,\)"):
         whole_factors(name, module, "default")
+
+
+def test_direction_and_eval_shard_the_prompts(work, tmp_path):
+    """``direction`` sums a shard of the prompts per rank (float64, all-reduced); ``eval`` generates a
+    shard of the batches per rank and gathers the answers in prompt order: one artifact, equal to
+    the one-process one."""
+    h, b = f"file:{work / 'data' / 'harmful.jsonl'}", f"file:{work / 'data' / 'harmless.jsonl'}"
+    direction = ["-m", "safeanchor", "direction", "--model", str(work / "model"), "--harmful", h, "--harmless", b,
+                 "--no-auroc", "--out"]
+    evaluate = ["-m", "safeanchor", "eval", "--model", str(work / "model"), "--harmful", h, "--harmless", b,
+                "--task", "none", "--max-new-tokens", "6", "--batch-size", "4", "--quiet", "--out"]
+    for procs in (1, 2):
+        launch(direction + [str(tmp_path / f"d{procs}")], procs=procs)
+        proc = launch(evaluate + [str(tmp_path / f"e{procs}")], procs=procs)
+        assert proc.stderr.count("wrote ") == 1
+    d1, d2 = load_file(tmp_path / "d1" / "direction.safetensors"), load_file(tmp_path / "d2" / "direction.safetensors")
+    for k in d1:
+        torch.testing.assert_close(d2[k], d1[k], rtol=1e-12, atol=1e-12)
+    e1, e2 = (json.loads((tmp_path / f"e{p}" / "eval.json").read_text()) for p in (1, 2))
+    assert e2["timing"]["world_size"] == 2 and e1["timing"]["world_size"] == 1
+    assert [r["answer"] for r in e2["records"]] == [r["answer"] for r in e1["records"]]
+    assert [r["id"] for r in e2["records"]] == [r["id"] for r in e1["records"]]
+    assert e2["summary"] == e1["summary"]

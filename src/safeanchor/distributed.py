@@ -112,6 +112,22 @@ def mean_over_ranks(values: dict[str, float]) -> dict[str, float]:
     return {k: mean[k] for k in values}  # the caller's order
 
 
+def join_launch() -> int:
+    """Form the launcher's process group (through ``accelerate``, as ``Trainer`` does) when this
+    process is one of several, and return the world size; a no-op in a single process. What the
+    commands that shard work without a ``Trainer`` (``direction``, ``eval``) call first."""
+    if is_multi_process_launch() and _dist() is None:
+        from accelerate import PartialState
+
+        PartialState(cpu=not torch.cuda.is_available())
+    return check_one_run(None)
+
+
+def shard(n: int) -> range:
+    """The indices ``0..n-1`` this rank takes (round robin); all of them in a single process."""
+    return range(rank(), n, world_size())
+
+
 class DuplicatedRunError(RuntimeError):
     """Several processes were launched but they do not form one process group: each would train
     the whole data as a run of its own and all would write the same output folder."""
@@ -131,4 +147,5 @@ def check_one_run(config) -> int:
 
 
 __all__ = ["DuplicatedRunError", "all_gather_objects", "all_reduce", "barrier", "broadcast", "check_one_run",
-           "is_main", "is_multi_process_launch", "launched_world_size", "mean_over_ranks", "rank", "world_size"]
+           "is_main", "is_multi_process_launch", "join_launch", "launched_world_size", "mean_over_ranks", "rank",
+           "shard", "world_size"]

@@ -120,11 +120,14 @@ def direction(
         console.print("[red]error:[/red] --model and --out are required (or use a subcommand: auroc, steer)")
         raise typer.Exit(2)
     from ..direction.artifact import INFO_FILE, TENSORS_FILE
+    from ..distributed import DuplicatedRunError, is_main, join_launch
     from ..io import claim_output_folder
 
     try:
-        claim_output_folder(out, (TENSORS_FILE, INFO_FILE), force=force, what="refusal direction")
-    except (FileExistsError, FileNotFoundError) as e:
+        join_launch()  # under torchrun: the ranks share the prompts (sums all-reduced); the main one writes
+        if is_main():
+            claim_output_folder(out, (TENSORS_FILE, INFO_FILE), force=force, what="refusal direction")
+    except (FileExistsError, FileNotFoundError, DuplicatedRunError) as e:
         debug_reraise()
         console.print(f"[red]error:[/red] {e}")
         raise typer.Exit(2)
@@ -159,6 +162,8 @@ def direction(
             rd = select_direction(m, tok, rd, sel_cfg, progress=True)
             timing["select_s"] = round(time.perf_counter() - t0, 2)
         rd.info["timing"] = timing
+        if not is_main():
+            return
         rd.save_pretrained(out)
     if auroc:
         plot_layer_auroc(rd.info["auroc"]["per_layer"], out / "auroc.png",

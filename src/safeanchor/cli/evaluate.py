@@ -43,10 +43,17 @@ def eval_command(
     quiet: bool = typer.Option(False, "--quiet", help="no progress bars"),
 ) -> None:
     """Safety (ASR, HS, flagged rate, over-refusal) and task accuracy of a model, to eval.json."""
+    from ..distributed import DuplicatedRunError, is_main, join_launch
     from ..evaluate.results import EVAL_FILE
     from ..io import claim_output_folder
 
-    if out:  # before the (long) generation: a finished eval.json, or a folder that cannot be written
+    try:
+        join_launch()  # under torchrun: the ranks share the prompts; the main one writes eval.json
+    except DuplicatedRunError as e:
+        debug_reraise()
+        console.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(2)
+    if out and is_main():  # before the (long) generation: a finished eval.json, or a folder that cannot be written
         try:
             claim_output_folder(out, (EVAL_FILE,), force=force, what="evaluation")
         except (FileExistsError, FileNotFoundError) as e:
@@ -92,6 +99,8 @@ def eval_command(
         debug_reraise()
         console.print(f"[red]error:[/red] {e}")
         raise typer.Exit(1)
+    if not is_main():
+        return
     Console().print(summary_table(result))
     t = result["timing"]
     console.print(f"{t['prompts']} answers in {t['generate_s']:.1f}s ({t['prompts_per_s']} prompts/s); "

@@ -22,6 +22,7 @@ from typing import Iterator, Sequence
 import torch
 
 from ..data import Record, encode_prompt, load_source, pad_batch
+from ..distributed import all_reduce, shard, world_size
 from ..hooks import capture_block_inputs, forward_until_captured
 from ..models import model_precision
 from .artifact import RefusalDirection
@@ -195,14 +196,21 @@ def mean_activations(model, tokenizer, records: Sequence[Record], **kw) -> torch
 
     Keywords as :func:`iter_activations`.
     """
+    if not records:
+        raise ValueError("no prompts to extract from")
+    # Under data parallelism each rank sums a shard of the prompts; the float64 sums are then
+    # all-reduced, so the mean equals the one-process mean to float64 rounding.
+    ws = world_size()
+    mine = [records[i] for i in shard(len(records))] if len(records) >= ws else list(records)
     total: torch.Tensor | None = None
     n = 0
-    for _, acts in iter_activations(model, tokenizer, records, **kw):
+    for _, acts in iter_activations(model, tokenizer, mine, **kw):
         batch_sum = acts.to(torch.float64).sum(0).cpu()  # (P, L, D)
         total = batch_sum if total is None else total + batch_sum
         n += acts.shape[0]
-    if total is None:
-        raise ValueError("no prompts to extract from")
+    if ws > 1 and len(records) >= ws:
+        total = all_reduce(total)
+        n = len(records)
     return total / n
 
 

@@ -28,6 +28,7 @@ from typing import Sequence
 import torch
 
 from ..data import Record, encode_prompt, pad_batch
+from ..distributed import all_gather_objects, is_main, shard, world_size
 from ..models import model_precision
 
 log = logging.getLogger(__name__)
@@ -126,14 +127,17 @@ def generate_ids(
     # Longest first: equal-length neighbours share a batch (little padding), and an out-of-memory
     # error, if any, happens on the first batch rather than after most of the work.
     order = sorted(range(len(prompts)), key=lambda i: (-len(prompts[i]), i))
+    batches = [order[start: start + batch_size] for start in range(0, len(order), batch_size)]
+    # Under data parallelism the ranks take the same batches round robin, so every answer comes from
+    # the batch it would have been in on one process; the answers are gathered back in prompt order.
+    mine = [batches[b] for b in shard(len(batches))]
     out: list[list[int]] = [[] for _ in prompts]
     was_training = model.training
     model.eval()
     try:
-        with _progress(desc, progress) as bar:
-            task = bar.add_task(desc, total=len(prompts))
-            for start in range(0, len(order), batch_size):
-                idx = order[start: start + batch_size]
+        with _progress(desc, progress and is_main()) as bar:
+            task = bar.add_task(desc, total=sum(map(len, mine)))
+            for idx in mine:
                 ids, mask = pad_batch([list(prompts[i]) for i in idx], pad_id, side="left")  # (B, T)
                 ids, mask = ids.to(device), mask.to(device)
                 with prec.autocast_context(device):
@@ -148,6 +152,10 @@ def generate_ids(
                 bar.advance(task, len(idx))
     finally:
         model.train(was_training)
+    if world_size() > 1:
+        for part in all_gather_objects({i: out[i] for idx in mine for i in idx}):
+            for i, row in part.items():
+                out[i] = row
     return out
 
 

@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..distributed import world_size
 from .classifier import ClassifierConfig
 from .judges import DEFAULT_PREFIX_CHARS, MODES, PHRASE_SETS, KeywordJudge
 from .llm_judge import LLMJudgeConfig
@@ -229,7 +230,7 @@ def evaluate_model(model, tokenizer, config: EvalConfig | None = None) -> dict[s
         "summary": summary,
         "timing": {"generate_s": round(gen_s, 3), "prompts": n_prompts,
                    "prompts_per_s": round(n_prompts / gen_s, 3) if gen_s > 0 else None,
-                   "total_s": round(time.perf_counter() - t0, 3)},
+                   "total_s": round(time.perf_counter() - t0, 3), "world_size": world_size()},
         "provenance": provenance(),
         "records": rows,
     }
