@@ -67,6 +67,10 @@ def config_for(work: Path, name: str, method: str, anchor: str, *, world: int, s
         kw.update(save_strategy="steps", save_steps=stop_after)
     if resume:
         kw["resume_from_checkpoint"] = "last"
+    if os.environ.get("DIST_WORKER_FSDP"):  # the FSDP probe: full shard, one unit per decoder layer
+        kw.update(fsdp="full_shard auto_wrap", fsdp_config={
+            "transformer_layer_cls_to_wrap": ["LlamaDecoderLayer"], "use_orig_params": True,
+            "version": int(os.environ["DIST_WORKER_FSDP"])})
     return SafeTrainingConfig(**kw)
 
 

@@ -190,3 +190,12 @@ def test_direction_and_eval_shard_the_prompts(work, tmp_path):
     assert [r["answer"] for r in e2["records"]] == [r["answer"] for r in e1["records"]]
     assert [r["id"] for r in e2["records"]] == [r["id"] for r in e1["records"]]
     assert e2["summary"] == e1["summary"]
+
+
+def test_fsdp_that_cannot_run_is_refused_not_dropped(work):
+    """On CPU, HF Trainer silently trains plain DDP when asked for FSDP; safeanchor says so and stops."""
+    env_run = subprocess.run(TORCHRUN + [str(WORKER), str(work), "fsdp:sft"], capture_output=True, text=True,
+                             timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1", "DIST_WORKER_FSDP": "2"})
+    assert env_run.returncode != 0
+    assert "FSDP needs accelerator devices" in env_run.stderr
+    assert not (work / "fsdp" / "train_report.json").exists()

@@ -77,6 +77,11 @@ class SafeTrainer(Trainer):
                  zero_penalty_guard_steps: int | None = None, penalty_when_inactive: bool | None = None,
                  progress: bool | None = None, **kwargs):
         super().__init__(*args, **kwargs)
+        if getattr(self.args, "fsdp", None) and not self.is_fsdp_enabled:
+            # Trainer drops an FSDP request it cannot honour (e.g. on CPU: accelerate runs plain DDP)
+            raise ValueError(f"fsdp={self.args.fsdp!r} was requested, but accelerate runs this job as "
+                             f"{self.accelerator.state.distributed_type.value}: FSDP needs accelerator devices "
+                             "(GPUs); remove fsdp to train data-parallel without sharding")
         self.regularizers: dict[str, tuple[Regularizer, Schedule]] = dict(regularizers or {})
         for name, (reg, _) in self.regularizers.items():
             if reg.name != name:
