@@ -182,7 +182,14 @@ def test_one_trainer_subclass():
                     (isinstance(b, ast.Name) and b.id.endswith("Trainer")) or
                     (isinstance(b, ast.Attribute) and b.attr.endswith("Trainer")) for b in node.bases):
                 subclasses.append(f"{module_name(path)}.{node.name}")
-    assert subclasses == ["safeanchor.train.trainer.SafeTrainer"], subclasses
+    # one per Trainer family, both on the one regularizer loop (RegularizerLoop): safeanchor's own and TRL's
+    assert sorted(subclasses) == ["safeanchor.train.trainer.SafeTrainer", "safeanchor.train.trl_trainer.SafeSFTTrainer"], subclasses
+    import safeanchor.train.trainer as t
+    import safeanchor.train.trl_trainer as trl_t
+
+    assert issubclass(t.SafeTrainer, t.RegularizerLoop) and issubclass(trl_t.SafeSFTTrainer, t.RegularizerLoop)
+    for name in ("add_penalties", "_guard", "create_scheduler", "save_safeanchor_state", "setup_regularizers"):
+        assert name not in vars(t.SafeTrainer) and name not in vars(trl_t.SafeSFTTrainer), name  # written once
 
 
 @pytest.mark.parametrize("bad_import, line", [

@@ -113,6 +113,32 @@ def capture_block_inputs(
         yield store
 
 
+@contextmanager
+def capture_residuals(model, layers: Sequence[int]) -> Iterator[dict[int, torch.Tensor]]:
+    """Capture block inputs *with their autograd graph*, for a loss term: ``store[l]`` ``(B, T, D)``
+    is what ``hidden_states[l]`` of the same forward would be. The first forward in the block wins
+    (a second, e.g. a no-grad metrics pass, does not replace it), and the hooks are removed on exit,
+    so an activation-checkpointing recompute during the backward never reaches them."""
+    blocks = get_blocks(model)
+    wanted = sorted(set(layers))
+    if not wanted or wanted[0] < 0 or wanted[-1] >= len(blocks):
+        raise ValueError(f"layers must be within 0..{len(blocks) - 1}, got {list(layers)}")
+    store: dict[int, torch.Tensor] = {}
+
+    def make_hook(layer: int):
+        def hook(module, args, kwargs):
+            if layer not in store:
+                store[layer] = _hidden_of(args, kwargs)
+            return None
+
+        return hook
+
+    with hook_handles() as handles:
+        for l in wanted:
+            handles.append(blocks[l].register_forward_pre_hook(make_hook(l), with_kwargs=True))
+        yield store
+
+
 def forward_until_captured(model, **inputs) -> None:
     """Call ``model(**inputs)`` and swallow the :class:`StopForward` a capture hook raises."""
     try:

@@ -56,7 +56,7 @@ def train_command(
     if not is_main():  # one process prints the summary, as one wrote the artifacts
         return
     steps = result.steps
-    world = f" on {cfg.world_size} processes" if cfg.world_size > 1 else ""
+    world = f" on {cfg.world_size} processes" if cfg.world_size > 1 else " on 1 process"  # what ran, whatever was asked
     t = Table(title=f"{cfg.method}: {len(steps)} steps in {result.runtime_s:.1f} s{world}", show_header=True)
     t.add_column("value")
     t.add_column("first step", justify="right")

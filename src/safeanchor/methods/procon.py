@@ -274,6 +274,11 @@ class ProCon(Regularizer):
         self._gap: torch.Tensor | None = None  # (L,) ‖μ_h − μ_b‖ per layer, from the extraction
         self._z0_std: torch.Tensor | None = None  # (L_c,) kept when cached anchors fall back to online
 
+    @property
+    def hidden_state_layers(self) -> list[int]:
+        """The block inputs the penalty reads (known after setup)."""
+        return list(self.layers)
+
     # -- setup ---------------------------------------------------------------------------------
 
     def setup(self, trainer: Any) -> dict[str, Any]:
@@ -339,7 +344,7 @@ class ProCon(Regularizer):
         cfg = self.config
         out: dict[str, Any] = {}
         if cfg.alpha_units == "per_token_layer":
-            counts = self.position_counts(trainer.train_dataset)
+            counts = self.position_counts(trainer)
             m_bar = sum(counts) / max(1, len(counts))
             if m_bar <= 0:
                 raise RegularizerSetupError("procon: alpha_units=per_token_layer needs response tokens")
@@ -407,8 +412,7 @@ class ProCon(Regularizer):
 
     @torch.no_grad()
     def _setup_cache(self, trainer) -> dict[str, Any]:
-        dataset = trainer.train_dataset
-        counts = self.position_counts(dataset)
+        counts = self.position_counts(trainer)
         if self.anchors is not None:
             if self.anchors.n_samples != len(counts) or self.anchors.counts().tolist() != counts:
                 raise RegularizerSetupError(
@@ -541,9 +545,9 @@ class ProCon(Regularizer):
         mask[rows, first[has] - 1] = True
         return mask
 
-    def position_counts(self, dataset) -> list[int]:
+    def position_counts(self, trainer) -> list[int]:
         """Constrained tokens per training sample (the anchor cache's layout)."""
-        counts = dataset.response_counts()
+        counts = trainer.response_counts() if hasattr(trainer, "response_counts") else trainer.train_dataset.response_counts()
         if self.config.positions == "response":
             return counts
         return [c + 1 if c > 0 else 0 for c in counts]

@@ -17,6 +17,7 @@ _EXPORTS = {
     "ConfigError": "config", "SafeTrainingConfig": "config", "config_from_dict": "config", "load_config": "config",
     "Schedule": "schedules",
     "SafeTrainer": "trainer", "ZeroPenaltyError": "trainer", "TrainResult": "run", "train": "run",
+    "SafeSFTConfig": "trl_trainer", "SafeSFTTrainer": "trl_trainer",
 }
 
 __all__ = sorted(_EXPORTS)

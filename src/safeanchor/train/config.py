@@ -33,8 +33,102 @@ PADDING_SIDES = ("right", "left")
 PLACEMENTS = ("before", "inside")
 
 
+class MethodSettings:
+    """The method part of a training config, shared by :class:`SafeTrainingConfig` and
+    ``safeanchor.train.trl.SafeSFTConfig``: the method's coefficient and schedule resolved once,
+    the components' options validated, the warm-up placement checked. Needs the fields ``method``,
+    ``alpha``, ``alpha_schedule``, ``alpha_after``, ``schedule_length``, ``schedule_unit``,
+    ``warmup_placement``, ``regularizer_options``, ``safety_samples`` (and TrainingArguments')."""
+
+    def _validate_method(self) -> None:
+        from ..methods import components, resolve_method
+
+        explicit_placement = self.warmup_placement is not None
+        try:
+            plan = resolve_method(self.method)
+        except ValueError as e:
+            raise ConfigError(f"method: {e}") from None
+        self._resolve_coefficient(plan)
+        if plan.safety_data and self.safety_samples < 1:
+            raise ConfigError(f"method={self.method} mixes in safety data: safety_samples must be >= 1")
+        if not isinstance(self.regularizer_options, dict):
+            raise ConfigError(f"regularizer_options must be a mapping name -> options; got {self.regularizer_options!r}")
+        owners = components()
+        for name, opts in self.regularizer_options.items():
+            if name not in owners:
+                raise ConfigError(f"regularizer_options.{name}: unknown component; known: {', '.join(owners)}")
+            if opts is not None and not isinstance(opts, dict):
+                raise ConfigError(f"regularizer_options.{name} must be a mapping of options; got {opts!r}")
+            try:
+                owners[name].validate_options(self)  # constructing validates the options (cheap: no model work)
+            except (TypeError, ValueError) as e:
+                raise ConfigError(f"regularizer_options.{name}: {e}") from None
+        if plan.coefficient is not None:
+            try:
+                self.schedule()
+            except ValueError as e:
+                raise ConfigError(str(e)) from None
+        self._check_placement(explicit_placement)
+
+    def _resolve_coefficient(self, plan) -> None:
+        """α and its schedule, once: explicit values win, then the method's defaults, then the global ones."""
+        defaults = {"alpha_schedule": "constant", "alpha_after": 0.0, "schedule_length": 0.0, "schedule_unit": "epoch",
+                    "warmup_placement": "inside", **dict(plan.schedule)}
+        for name, value in defaults.items():
+            if getattr(self, name) is None:
+                setattr(self, name, value)
+        _one_of("alpha_schedule", self.alpha_schedule, SCHEDULES)
+        _one_of("schedule_unit", self.schedule_unit, UNITS)
+        _one_of("warmup_placement", self.warmup_placement, PLACEMENTS)
+        if plan.coefficient is None:
+            if self.alpha is not None:
+                raise ConfigError(f"alpha: method {self.method!r} has no coefficient (alpha is for methods with one: "
+                                  f"{', '.join(_methods_with_coefficient())})")
+            return
+        if self.alpha is None:
+            self.alpha = float(plan.default)
+        self.alpha = float(self.alpha)
+
+    def _check_placement(self, explicit: bool) -> None:
+        """A warm-up placed before the standard run needs a run longer than the warm-up."""
+        if self.warmup_placement != "before":
+            return
+        if self.alpha_schedule != "warmup":
+            if explicit:
+                raise ConfigError(f"warmup_placement=before needs alpha_schedule=warmup; got {self.alpha_schedule!r}")
+            return
+        m = float(self.schedule_length)
+        if self.schedule_unit == "epoch" and self.max_steps <= 0 and not float(self.num_train_epochs) > m:
+            raise ConfigError(f"num_train_epochs={self.num_train_epochs!r} must exceed schedule_length={m:g}: with "
+                              "warmup_placement=before, num_train_epochs counts the m warm-up epochs and the n epochs "
+                              "of the standard run (m + n)")
+        if self.schedule_unit == "step" and self.max_steps > 0 and not self.max_steps > m:
+            raise ConfigError(f"max_steps={self.max_steps} must exceed schedule_length={m:g} warm-up steps "
+                              "(warmup_placement=before)")
+
+    @property
+    def warmup_before(self) -> bool:
+        """The paper's ProCon_wu: the warm-up gets its own learning-rate schedule, then a fresh one starts."""
+        return self.alpha is not None and self.alpha_schedule == "warmup" and self.warmup_placement == "before"
+
+    # ---- derived --------------------------------------------------------------------------------
+
+    @property
+    def plan(self):
+        from ..methods import resolve_method
+
+        return resolve_method(self.method)
+
+    def schedule(self) -> Schedule:
+        """The coefficient schedule of the method's coefficient (resolved at construction)."""
+        if self.alpha is None:
+            raise ConfigError(f"method {self.method!r} has no coefficient to schedule")
+        return Schedule(self.alpha_schedule, float(self.alpha), float(self.alpha_after), float(self.schedule_length),
+                        self.schedule_unit)
+
+
 @dataclass
-class SafeTrainingConfig(TrainingArguments):
+class SafeTrainingConfig(MethodSettings, TrainingArguments):
     """A safeanchor training run. Defaults: LoRA (ProCon paper r=8, alpha=16, q/k/v/o, lr 2e-4)."""
 
     # ---- model ----------------------------------------------------------------------------------
@@ -165,34 +259,7 @@ class SafeTrainingConfig(TrainingArguments):
             raise ConfigError("fp16/bf16 must stay False: set precision instead (auto/fp32/bf16/fp16), which "
                               "also sets the autocast that regularizer anchors use")
 
-        from ..methods import components, resolve_method
-
-        explicit_placement = self.warmup_placement is not None
-        try:
-            plan = resolve_method(self.method)
-        except ValueError as e:
-            raise ConfigError(f"method: {e}") from None
-        self._resolve_coefficient(plan)
-        if plan.safety_data and self.safety_samples < 1:
-            raise ConfigError(f"method={self.method} mixes in safety data: safety_samples must be >= 1")
-        if not isinstance(self.regularizer_options, dict):
-            raise ConfigError(f"regularizer_options must be a mapping name -> options; got {self.regularizer_options!r}")
-        owners = components()
-        for name, opts in self.regularizer_options.items():
-            if name not in owners:
-                raise ConfigError(f"regularizer_options.{name}: unknown component; known: {', '.join(owners)}")
-            if opts is not None and not isinstance(opts, dict):
-                raise ConfigError(f"regularizer_options.{name} must be a mapping of options; got {opts!r}")
-            try:
-                owners[name].validate_options(self)  # constructing validates the options (cheap: no model work)
-            except (TypeError, ValueError) as e:
-                raise ConfigError(f"regularizer_options.{name}: {e}") from None
-        if plan.coefficient is not None:
-            try:
-                self.schedule()
-            except ValueError as e:
-                raise ConfigError(str(e)) from None
-        self._check_placement(explicit_placement)
+        self._validate_method()
         from ..distributed import is_multi_process_launch
 
         if is_multi_process_launch() and not torch.cuda.is_available():
@@ -201,62 +268,6 @@ class SafeTrainingConfig(TrainingArguments):
             self.use_cpu = True
             self.ddp_backend = self.ddp_backend or "gloo"
         super().__post_init__()
-
-    def _resolve_coefficient(self, plan) -> None:
-        """α and its schedule, once: explicit values win, then the method's defaults, then the global ones."""
-        defaults = {"alpha_schedule": "constant", "alpha_after": 0.0, "schedule_length": 0.0, "schedule_unit": "epoch",
-                    "warmup_placement": "inside", **dict(plan.schedule)}
-        for name, value in defaults.items():
-            if getattr(self, name) is None:
-                setattr(self, name, value)
-        _one_of("alpha_schedule", self.alpha_schedule, SCHEDULES)
-        _one_of("schedule_unit", self.schedule_unit, UNITS)
-        _one_of("warmup_placement", self.warmup_placement, PLACEMENTS)
-        if plan.coefficient is None:
-            if self.alpha is not None:
-                raise ConfigError(f"alpha: method {self.method!r} has no coefficient (alpha is for methods with one: "
-                                  f"{', '.join(_methods_with_coefficient())})")
-            return
-        if self.alpha is None:
-            self.alpha = float(plan.default)
-        self.alpha = float(self.alpha)
-
-    def _check_placement(self, explicit: bool) -> None:
-        """A warm-up placed before the standard run needs a run longer than the warm-up."""
-        if self.warmup_placement != "before":
-            return
-        if self.alpha_schedule != "warmup":
-            if explicit:
-                raise ConfigError(f"warmup_placement=before needs alpha_schedule=warmup; got {self.alpha_schedule!r}")
-            return
-        m = float(self.schedule_length)
-        if self.schedule_unit == "epoch" and self.max_steps <= 0 and not float(self.num_train_epochs) > m:
-            raise ConfigError(f"num_train_epochs={self.num_train_epochs!r} must exceed schedule_length={m:g}: with "
-                              "warmup_placement=before, num_train_epochs counts the m warm-up epochs and the n epochs "
-                              "of the standard run (m + n)")
-        if self.schedule_unit == "step" and self.max_steps > 0 and not self.max_steps > m:
-            raise ConfigError(f"max_steps={self.max_steps} must exceed schedule_length={m:g} warm-up steps "
-                              "(warmup_placement=before)")
-
-    @property
-    def warmup_before(self) -> bool:
-        """The paper's ProCon_wu: the warm-up gets its own learning-rate schedule, then a fresh one starts."""
-        return self.alpha is not None and self.alpha_schedule == "warmup" and self.warmup_placement == "before"
-
-    # ---- derived --------------------------------------------------------------------------------
-
-    @property
-    def plan(self):
-        from ..methods import resolve_method
-
-        return resolve_method(self.method)
-
-    def schedule(self) -> Schedule:
-        """The coefficient schedule of the method's coefficient (resolved at construction)."""
-        if self.alpha is None:
-            raise ConfigError(f"method {self.method!r} has no coefficient to schedule")
-        return Schedule(self.alpha_schedule, float(self.alpha), float(self.alpha_after), float(self.schedule_length),
-                        self.schedule_unit)
 
     def to_yaml_dict(self) -> dict[str, Any]:
         """Every field, resolved, as plain YAML-able values (re-loadable with :func:`config_from_dict`)."""

@@ -69,29 +69,21 @@ def preserved_rng():
             torch.cuda.set_rng_state_all(states[3])
 
 
-class SafeTrainer(Trainer):
-    """``Trainer`` + regularizers with coefficient schedules, metrics, a zero-penalty guard and
-    checkpointed regularizer state."""
+class RegularizerLoop:
+    """The regularizer loop shared by :class:`SafeTrainer` and ``safeanchor.train.trl.SafeSFTTrainer``:
+    scheduled coefficients, :meth:`add_penalties` (CE + Σ α_k R_k, metrics, the zero-penalty guard),
+    the per-step log, the paper's warm-up learning-rate restart and checkpointed regularizer state.
+    A mixin in front of a ``transformers.Trainer`` subclass; the subclass runs the forward."""
 
-    def __init__(self, *args, regularizers: Mapping[str, tuple[Regularizer, Schedule]] | None = None,
-                 zero_penalty_guard_steps: int | None = None, penalty_when_inactive: bool | None = None,
-                 progress: bool | None = None, **kwargs):
-        super().__init__(*args, **kwargs)
-        if getattr(self.args, "fsdp", None) and not self.is_fsdp_enabled:
-            # Trainer drops an FSDP request it cannot honour (e.g. on CPU: accelerate runs plain DDP)
-            raise ValueError(f"fsdp={self.args.fsdp!r} was requested, but accelerate runs this job as "
-                             f"{self.accelerator.state.distributed_type.value}: FSDP needs accelerator devices "
-                             "(GPUs); remove fsdp to train data-parallel without sharding")
+    def _init_regularizers(self, regularizers, zero_penalty_guard_steps, penalty_when_inactive) -> None:
         self.regularizers: dict[str, tuple[Regularizer, Schedule]] = dict(regularizers or {})
         for name, (reg, _) in self.regularizers.items():
             if reg.name != name:
                 raise ValueError(f"regularizer registered as {name!r} calls itself {reg.name!r}")
         self.guard_steps = _arg(zero_penalty_guard_steps, self.args, "zero_penalty_guard_steps", 3)
         self.penalty_when_inactive = _arg(penalty_when_inactive, self.args, "penalty_when_inactive", False)
-        # Each micro-batch loss is a per-batch mean that Trainer divides by the accumulation steps;
-        # regularizers are per-batch values too, so both scale the same way under accumulation.
-        self.model_accepts_loss_kwargs = False
-        self._metrics: dict[str, dict[str, list[float]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
+        if not hasattr(self, "_metrics"):
+            self._metrics: dict[str, dict[str, list[float]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
         self._step_acc: dict[str, list[float]] = defaultdict(list)
         self.step_log: list[dict[str, Any]] = []
         self.reports: dict[str, Any] = {}
@@ -99,20 +91,15 @@ class SafeTrainer(Trainer):
         self._setup_done = False
         self.dominance_steps = DOMINANCE_STEPS
         self.add_callback(_StepRecorder(self))
-        # HF prints a dict per log line (or a tqdm bar); the rich display replaces both, or nothing does.
-        from transformers.trainer_callback import PrinterCallback, ProgressCallback
+        if getattr(self.args, "fsdp", None) and not self.is_fsdp_enabled:
+            # Trainer drops an FSDP request it cannot honour (e.g. on CPU: accelerate runs plain DDP)
+            raise ValueError(f"fsdp={self.args.fsdp!r} was requested, but accelerate runs this job as "
+                             f"{self.accelerator.state.distributed_type.value}: FSDP needs accelerator devices "
+                             "(GPUs); remove fsdp to train data-parallel without sharding")
 
-        self.remove_callback(PrinterCallback)
-        self.remove_callback(ProgressCallback)
-        if _arg(progress, self.args, "progress", False):
-            self.add_callback(RichProgress())
-
-    # ---- precision -------------------------------------------------------------------------
-
-    def autocast_smart_context_manager(self, cache_enabled: bool | None = True):
-        # The model's own precision (CPU: fp32; GPU: bf16 weights; or a forced autocast), so the forward of
-        # training and of any anchor pass run in exactly the same arithmetic.
-        return model_precision(self.model).autocast_context(self.args.device)
+    def response_counts(self) -> list[int]:
+        """Response (loss) tokens per training sample, in ``sample_idx`` order: the anchor cache's layout."""
+        return self.train_dataset.response_counts()
 
     # ---- setup / resume --------------------------------------------------------------------
 
@@ -202,25 +189,31 @@ class SafeTrainer(Trainer):
         step, epoch = self.state.global_step, float(self.state.epoch or 0.0)
         return {name: sched(step, epoch, self.state.max_steps) for name, (_, sched) in self.regularizers.items()}
 
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        sample_idx = inputs.pop("sample_idx", None)  # never reaches the model
-        labels = inputs["labels"]
-        training = model.training
+    def active_regularizers(self, training: bool) -> tuple[dict[str, float], list[tuple[str, float]]]:
+        """The coefficients for this batch and the regularizers to compute (coefficient > 0, or
+        ``penalty_when_inactive`` while training); none outside training."""
         coefs = self.coefficients() if training else {}
         active = [(name, coefs[name]) for name in self.regularizers
                   if coefs[name] > 0 or (training and self.penalty_when_inactive)]
-        need_hs = any(self.regularizers[name][0].needs_hidden_states for name, _ in active)
-        outputs = model(**forward_inputs(inputs), labels=labels, output_hidden_states=need_hs)
-        ce = outputs.loss
+        return coefs, active
+
+    def add_penalties(self, model, batch: dict[str, Any], outputs: Any, ce: torch.Tensor, coefs: dict[str, float],
+                      active: list[tuple[str, float]], scale: float = 1.0, ce_value: float | None = None) -> torch.Tensor:
+        """``ce + Σ coef_k · scale · R_k`` for the active regularizers, each value checked by the guard and
+        recorded (``ce``, ``<reg>/raw``, ``<reg>/coef``, ``<reg>/ratio``). ``batch`` holds ``labels`` and
+        ``sample_idx``; ``outputs.hidden_states`` is what the hidden-state regularizers read; ``scale``
+        brings the per-batch penalties to the loss's own normalisation (1 when Trainer divides the loss
+        by the accumulation steps itself); ``ce_value``, the CE as a per-batch mean for the logs (default
+        ``ce``)."""
+        training = model.training
         loss = ce
-        metrics = {"ce": float(ce.detach())}
-        batch = {**inputs, "sample_idx": sample_idx}
+        metrics = {"ce": float(ce.detach()) if ce_value is None else ce_value}
         for name, coef in active:
             reg = self.regularizers[name][0]
             raw = reg(model, batch, outputs)
             self._guard(name, reg, coef, raw if world_size() == 1 else all_reduce(raw.detach().float()))
             if coef > 0:
-                loss = loss + coef * raw
+                loss = loss + (coef * scale) * raw
             metrics[f"{name}/raw"] = float(raw.detach())
             metrics[f"{name}/coef"] = coef
             # the weighted penalty against the task loss: how much of each update the constraint steers
@@ -233,7 +226,7 @@ class SafeTrainer(Trainer):
                 self._step_acc[k].append(v)
             self._step_acc["loss"].append(float(loss.detach()))
             self._step_acc["learning_rate"].append(self._get_learning_rate())  # the rate this step uses
-        return (loss, outputs) if return_outputs else loss
+        return loss
 
     def _guard(self, name: str, reg: Regularizer, coef: float, raw: torch.Tensor) -> None:
         """Checks one penalty value; under data parallelism ``raw`` is the sum over ranks, so every rank
@@ -254,15 +247,6 @@ class SafeTrainer(Trainer):
                 f"{self.reports.get(name)}")
 
     # ---- logging -------------------------------------------------------------------------------
-
-    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        mode = "train" if self.model.training else "eval"
-        metrics = mean_over_ranks({k: sum(v) / len(v) for k, v in self._metrics[mode].items() if v})
-        if mode == "eval":
-            metrics = {f"eval_{k}": v for k, v in metrics.items()}
-        logs = {**logs, **metrics}
-        super().log(logs, start_time)
-        self._metrics[mode].clear()
 
     def _flush_step(self) -> None:
         """One ``step_log`` row per optimizer step: micro-batch values averaged."""
@@ -337,6 +321,50 @@ class SafeTrainer(Trainer):
         if (folder / TRAINER_STATE_FILE).is_file():
             saved = read_json(folder / TRAINER_STATE_FILE)
             self.step_log = [row for row in saved.get("step_log", []) if row["step"] < saved["global_step"]]
+
+
+class SafeTrainer(RegularizerLoop, Trainer):
+    """``Trainer`` + regularizers with coefficient schedules, metrics, a zero-penalty guard and
+    checkpointed regularizer state (safeanchor's own data: :class:`~safeanchor.data.SFTCollator` batches)."""
+
+    def __init__(self, *args, regularizers: Mapping[str, tuple[Regularizer, Schedule]] | None = None,
+                 zero_penalty_guard_steps: int | None = None, penalty_when_inactive: bool | None = None,
+                 progress: bool | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        # Each micro-batch loss is a per-batch mean that Trainer divides by the accumulation steps;
+        # regularizers are per-batch values too, so both scale the same way under accumulation.
+        self.model_accepts_loss_kwargs = False
+        self._init_regularizers(regularizers, zero_penalty_guard_steps, penalty_when_inactive)
+        # HF prints a dict per log line (or a tqdm bar); the rich display replaces both, or nothing does.
+        from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+        self.remove_callback(PrinterCallback)
+        self.remove_callback(ProgressCallback)
+        if _arg(progress, self.args, "progress", False):
+            self.add_callback(RichProgress())
+
+    def autocast_smart_context_manager(self, cache_enabled: bool | None = True):
+        # The model's own precision (CPU: fp32; GPU: bf16 weights; or a forced autocast), so the forward of
+        # training and of any anchor pass run in exactly the same arithmetic.
+        return model_precision(self.model).autocast_context(self.args.device)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        sample_idx = inputs.pop("sample_idx", None)  # never reaches the model
+        labels = inputs["labels"]
+        coefs, active = self.active_regularizers(model.training)
+        need_hs = any(self.regularizers[name][0].needs_hidden_states for name, _ in active)
+        outputs = model(**forward_inputs(inputs), labels=labels, output_hidden_states=need_hs)
+        loss = self.add_penalties(model, {**inputs, "sample_idx": sample_idx}, outputs, outputs.loss, coefs, active)
+        return (loss, outputs) if return_outputs else loss
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        mode = "train" if self.model.training else "eval"
+        metrics = mean_over_ranks({k: sum(v) / len(v) for k, v in self._metrics[mode].items() if v})
+        if mode == "eval":
+            metrics = {f"eval_{k}": v for k, v in metrics.items()}
+        logs = {**logs, **metrics}
+        super().log(logs, start_time)
+        self._metrics[mode].clear()
 
 
 def _restart(first, rest, boundary: int):
