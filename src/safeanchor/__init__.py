@@ -5,7 +5,7 @@ The public Python API, imported lazily (``import safeanchor`` stays cheap for th
 >>> import safeanchor                                                          # doctest: +SKIP
 >>> model, tok = safeanchor.load_model("embedded:smollm2-135m-safe")           # doctest: +SKIP
 >>> rd = safeanchor.extract_direction(model, tok)                              # doctest: +SKIP
->>> result = safeanchor.train(safeanchor.SafeTrainingConfig(method="procon_wu_safe", output_dir="runs/x"))  # doctest: +SKIP
+>>> result = safeanchor.train.train(safeanchor.SafeTrainingConfig(method="procon_wu_safe", output_dir="runs/x"))  # doctest: +SKIP
 """
 
 import importlib
@@ -18,7 +18,7 @@ _EXPORTS = {
     "extract_direction": "direction.extract", "ExtractConfig": "direction.extract",
     "RefusalDirection": "direction.artifact", "drift_report": "direction.drift",
     "evaluate_model": "evaluate.suite", "EvalConfig": "evaluate.suite",
-    "SafeTrainingConfig": "train.config", "SafeTrainer": "train.trainer", "train": "train.run",
+    "SafeTrainingConfig": "train.config", "SafeTrainer": "train.trainer",  # train(): safeanchor.train.train
     "SafeSFTConfig": "train.trl_trainer", "SafeSFTTrainer": "train.trl_trainer",
 }
 
