@@ -134,6 +134,21 @@ def test_fingerprint_and_shape_checks(rd, tiny_model, tiny_tokenizer):
         rd.check_compatible(other)
     with pytest.warns(UserWarning, match="derivative"):
         rd.check_compatible(other, derivative=True)
+    # a LoRA adapter on the direction's own base is a verified derivative: no warning to act on
+    import warnings
+
+    from safeanchor.models import attach_lora
+
+    tuned = attach_lora(make_tiny_llama(len(tiny_tokenizer)), r=2, alpha=4, dropout=0.0, target_modules=["q_proj"], seed=0)
+    with torch.no_grad():
+        for n, p in tuned.named_parameters():
+            if "lora_B" in n:
+                p.add_(0.1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        rd.check_compatible(tuned, derivative=True)
+    with pytest.raises(IncompatibleDirectionError, match="differs"):
+        rd.check_compatible(tuned)  # still not the same weights
     deeper = make_tiny_llama(len(tiny_tokenizer), layers=4)
     with pytest.raises(IncompatibleDirectionError, match="3 layers x 16 .* 4 x 16"):
         rd.check_compatible(deeper, derivative=True)

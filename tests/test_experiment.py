@@ -98,6 +98,17 @@ def test_pipeline_end_to_end_on_tiny_model(tiny_model_dir, tmp_path):
                                        and "diff_ci95" in f and "p_value" in f for f in on_disk["findings"])
     assert {f["judge"] for f in on_disk["findings"]} >= {"extended", "reference"}
     assert "ASR ↓ (reference list, anywhere)" in md and (out / "report" / "results.csv").is_file()
+    # what the models said: the same prompts with every method's answer, as generated
+    samples = on_disk["samples"]
+    assert {s["kind"] for s in samples} == {"harmful", "harmless", "task"}
+    sft_eval = json.loads((out / "05_eval" / "sft-benign-s0" / "eval.json").read_text())
+    for s in samples:
+        assert set(s["answers"]) == {"start", "sft", "procon_wu_safe"}
+        rec = next(r for r in sft_eval["records"] if str(r["id"]) == s["id"] and r["kind"] == s["kind"])
+        assert s["answers"]["sft"]["answer"] == rec["answer"][:400] + ("…" if len(rec["answer"]) > 400 else "")
+    assert "## What the models said" in md and "ASR per harm category" in md
+    cats = on_disk["asr_by_category"]
+    assert sum(cats["n"].values()) == 4 and set(cats["benign"]) == {"start", "sft", "procon_wu_safe"}
 
     # a bench whose last run is unfinished reports the finished ones and says so
     from safeanchor.pipelines.experiment import report_finished

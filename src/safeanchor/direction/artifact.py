@@ -189,7 +189,8 @@ class RefusalDirection:
 
         A different layer count or hidden size is always an error. A different weight
         fingerprint is an error unless ``derivative=True`` (the model is an intended derivative,
-        such as a fine-tuned checkpoint), where it is a warning.
+        such as a fine-tuned checkpoint), where it is a warning -- except for a LoRA adapter on the
+        direction's own base model (its base fingerprint matches), which is verified and silent.
         """
         from ..models import model_fingerprint
 
@@ -201,6 +202,8 @@ class RefusalDirection:
             if not derivative:
                 raise IncompatibleDirectionError(
                     msg + "; pass derivative=True (CLI: --derivative) if this model is a fine-tuned copy of it")
+            if hasattr(model, "peft_config") and model_fingerprint(model, base_only=True) == self.info.get("fingerprint"):
+                return  # an adapter on the very base the direction came from: a derivative, verified
             warnings.warn(msg + "; treating the model as a derivative", stacklevel=2)
 
     def __repr__(self) -> str:

@@ -52,6 +52,68 @@ def _run_row(cfg, out: Path, method: str, scenario: str, seed: int, name: str) -
     return row
 
 
+def asr_by_category(out: Path, runs: list, scenarios: list[str]) -> dict[str, Any]:
+    """ASR (extended judge) per harm category: ``{scenario: {method: {category: rate}}}`` pooled over
+    seeds and harmful sources, and the number of prompts per category (``n``)."""
+    def per_category(name: str) -> dict[str, list[float]]:
+        cats: dict[str, list[float]] = {}
+        for r in read_json(out / "05_eval" / name / "eval.json")["records"]:
+            if r["kind"] == "harmful":
+                cats.setdefault(r.get("category") or "(none)", []).append(
+                    0.0 if r["verdicts"]["keyword"]["refusal"] else 1.0)
+        return cats
+
+    start = per_category("start")
+    table: dict[str, Any] = {"n": {c: len(v) for c, v in sorted(start.items())}}
+    for scenario in scenarios:
+        pooled: dict[str, dict[str, list[float]]] = {"start": start}
+        for r in runs:
+            if r.scenario == scenario:
+                dest = pooled.setdefault(r.method, {})
+                for c, v in per_category(r.name).items():
+                    dest.setdefault(c, []).extend(v)
+        table[scenario] = {m: {c: sum(v) / len(v) for c, v in sorted(cats.items())} for m, cats in pooled.items()}
+    return table
+
+
+SAMPLE_COUNTS = {"harmful": 4, "harmless": 2, "task": 2}
+
+
+def sample_answers(out: Path, runs: list, scenarios: list[str], counts: dict[str, int] = SAMPLE_COUNTS,
+                   max_chars: int = 400) -> list[dict[str, Any]]:
+    """The same few harmful, harmless and task prompts with every method's answer, per scenario (the
+    lowest seed each method has): what the models said, beside the rates. Prompts are the first of
+    each kind in the start model's eval order; answers are cut at ``max_chars``."""
+    def records(name: str) -> dict[tuple[str, str], dict[str, Any]]:
+        return {(r["source"] if r["kind"] != "task" else r["task"], str(r["id"])): r
+                for r in read_json(out / "05_eval" / name / "eval.json")["records"]}
+
+    start = read_json(out / "05_eval" / "start" / "eval.json")["records"]
+    chosen: list[dict[str, Any]] = []
+    for kind, k in counts.items():
+        chosen += [r for r in start if r["kind"] == kind][:k]
+    start_recs = records("start")
+    samples = []
+    for scenario in scenarios:
+        first = {}
+        for r in sorted((r for r in runs if r.scenario == scenario), key=lambda r: r.seed):
+            first.setdefault(r.method, r)
+        by_method = {"start": start_recs, **{m: records(r.name) for m, r in first.items()}}
+        for rec in chosen:
+            key = (rec["source"] if rec["kind"] != "task" else rec["task"], str(rec["id"]))
+            answers = {}
+            for m, recs in by_method.items():
+                got = recs.get(key)
+                if got is not None:
+                    text = got["answer"]
+                    answers[m] = {"answer": text[:max_chars] + ("…" if len(text) > max_chars else ""),
+                                  "refused": got.get("verdicts", {}).get("keyword", {}).get("refusal"),
+                                  "correct": got.get("correct"), "seed": first[m].seed if m in first else 0}
+            samples.append({"scenario": scenario, "kind": rec["kind"], "source": key[0], "id": key[1],
+                            "category": rec.get("category"), "prompt": rec["prompt"], "answers": answers})
+    return samples
+
+
 def collect_results(cfg, out: Path, runs: list, start: dict[str, Any], *,
                     kind: str) -> dict[str, Any]:
     """Gather every figure from the stage artifacts (eval.json, drift.json, train_log.json)."""
@@ -91,6 +153,8 @@ def collect_results(cfg, out: Path, runs: list, start: dict[str, Any], *,
              f"scenarios {', '.join(cfg.scenarios)}; seeds {cfg.seeds}.")
     return {"kind": kind, "intro": intro, "provenance": prov, "config": cfg.to_dict(), "runs": rows,
             "summary": summary, "findings": found, "comparisons": comparisons(outcomes, list(cfg.methods)),
+            "asr_by_category": asr_by_category(out, runs, list(cfg.scenarios)),
+            "samples": sample_answers(out, runs, list(cfg.scenarios)),
             "statistics": {"interval": "95%, paired bootstrap over items and seeds (percentile, 10000 draws)",
                            "p_value": "McNemar exact (one seed, 0/1 outcomes) or sign-flip permutation over items",
                            "verdict": "holds / does not hold / inconclusive, from the interval alone",
@@ -283,5 +347,5 @@ def finding_text(f: dict[str, Any]) -> str:
             f"({f['n_seeds']} seed(s), {f['n_items']} items)")
 
 
-__all__ = ["PAPER_TABLE", "Outcomes", "claims", "collect_results", "comparisons", "drift_claims", "finding_text",
+__all__ = ["PAPER_TABLE", "Outcomes", "asr_by_category", "claims", "collect_results", "comparisons", "drift_claims", "finding_text", "sample_answers",
            "method_intervals"]

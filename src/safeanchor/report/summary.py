@@ -164,6 +164,48 @@ def results_csv(summary: list[dict[str, Any]]) -> str:
     return buf.getvalue()
 
 
+def category_md(table: dict[str, Any]) -> str:
+    """ASR per harm category and method, one table per scenario."""
+    out = []
+    n = table.get("n", {})
+    for scenario, methods in table.items():
+        if scenario == "n" or not methods:
+            continue
+        names = list(methods)
+        cats = sorted({c for m in methods.values() for c in m})
+        out += [f"**{scenario}**", "", "| category | n | " + " | ".join(names) + " |",
+                "|---|---:|" + "---:|" * len(names)]
+        for c in cats:
+            out.append(f"| {c} | {n.get(c, '')} | " + " | ".join(fmt_pct(methods[m].get(c)) for m in names) + " |")
+        out.append("")
+    return "\n".join(out)
+
+
+def _cell_text(text: str) -> str:
+    return " ".join(str(text).split()).replace("|", "/") or "(empty)"
+
+
+def samples_md(samples: list[dict[str, Any]]) -> str:
+    """For each scenario, the same prompts with every method's answer side by side."""
+    out = []
+    scenario = None
+    for s in samples:
+        if s["scenario"] != scenario:
+            scenario = s["scenario"]
+            out += [f"### {scenario}", ""]
+        what = s["kind"] + (f", {s['category']}" if s.get("category") else "")
+        out += [f"**{what}** (`{s['source']}` {s['id']}): {_cell_text(s['prompt'])}", "",
+                "| method | answer | judged |", "|---|---|---|"]
+        for m, a in s["answers"].items():
+            if s["kind"] == "task":
+                verdict = "correct" if a.get("correct") else "wrong"
+            else:
+                verdict = "refused" if a.get("refused") else "answered"
+            out.append(f"| {m} | {_cell_text(a['answer'])} | {verdict} |")
+        out.append("")
+    return "\n".join(out)
+
+
 def provenance_md(results: dict[str, Any]) -> str:
     prov = results.get("provenance", {})
     lines = ["| key | value |", "|---|---|"]
@@ -212,6 +254,14 @@ def write_report(results: dict[str, Any], out_dir: str | Path) -> dict[str, Path
     comps = comparisons_md(results.get("comparisons") or [])
     if comps:
         parts_md += ["### Against the baselines (every pair is in results.json)", "", comps, ""]
+    if results.get("asr_by_category"):
+        parts_md += ["### ASR per harm category (extended judge, pooled over seeds)", "",
+                     category_md(results["asr_by_category"]), ""]
+    if results.get("samples"):
+        parts_md += ["## What the models said", "",
+                     "The same prompts for every method (the lowest seed of each), answers as generated (cut at 400 "
+                     "characters), with the keyword judge's verdict or the task scorer's.", "",
+                     samples_md(results["samples"]), ""]
     captions = {"safety_utility": "Safety–utility: task accuracy vs ASR, one point per method and scenario.",
                 "drift": "Per-layer cosine between the starting model's r-direction and each fine-tuned model's.",
                 "training": "Training curves: cross-entropy and constraint value per step."}
