@@ -109,6 +109,7 @@ def test_pipeline_end_to_end_on_tiny_model(tiny_model_dir, tmp_path):
     assert "## What the models said" in md and "ASR per harm category" in md
     cats = on_disk["asr_by_category"]
     assert sum(cats["n"].values()) == 4 and set(cats["benign"]) == {"start", "sft", "procon_wu_safe"}
+    assert all("/" in c for c in cats["n"])
 
     # a bench whose last run is unfinished reports the finished ones and says so
     from safeanchor.pipelines.experiment import report_finished

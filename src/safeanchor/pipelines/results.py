@@ -54,13 +54,33 @@ def _run_row(cfg, out: Path, method: str, scenario: str, seed: int, name: str) -
 
 def asr_by_category(out: Path, runs: list, scenarios: list[str]) -> dict[str, Any]:
     """ASR (extended judge) per harm category: ``{scenario: {method: {category: rate}}}`` pooled over
-    seeds and harmful sources, and the number of prompts per category (``n``)."""
+    seeds, and the number of prompts per category (``n``). Categories are ``<source family>/<name>``
+    (``bundled/weapons``, ``harmbench/chemical_biological``): each source has its own taxonomy."""
+    source_categories: dict[str, dict[str, str]] = {}
+
+    def category_of(r: dict[str, Any]) -> str:  # "<source family>/<category>": the taxonomies differ
+        return f"{(r.get('source') or '?').split(':')[0]}/{raw_category(r)}"
+
+    def raw_category(r: dict[str, Any]) -> str:
+        if r.get("category"):
+            return r["category"]
+        # sources whose records carry the category in their own metadata (HarmBench: SemanticCategory)
+        src = r.get("source") or ""
+        if src not in source_categories:
+            try:
+                from ..data import load_source
+
+                source_categories[src] = {x.prompt: str(x.meta.get("SemanticCategory") or x.meta.get("category") or "")
+                                          for x in load_source(src)}
+            except Exception:  # a source no longer loadable here: the category stays unknown
+                source_categories[src] = {}
+        return source_categories[src].get(r["prompt"]) or "(none)"
+
     def per_category(name: str) -> dict[str, list[float]]:
         cats: dict[str, list[float]] = {}
         for r in read_json(out / "05_eval" / name / "eval.json")["records"]:
             if r["kind"] == "harmful":
-                cats.setdefault(r.get("category") or "(none)", []).append(
-                    0.0 if r["verdicts"]["keyword"]["refusal"] else 1.0)
+                cats.setdefault(category_of(r), []).append(0.0 if r["verdicts"]["keyword"]["refusal"] else 1.0)
         return cats
 
     start = per_category("start")
@@ -82,8 +102,9 @@ SAMPLE_COUNTS = {"harmful": 4, "harmless": 2, "task": 2}
 def sample_answers(out: Path, runs: list, scenarios: list[str], counts: dict[str, int] = SAMPLE_COUNTS,
                    max_chars: int = 400) -> list[dict[str, Any]]:
     """The same few harmful, harmless and task prompts with every method's answer, per scenario (the
-    lowest seed each method has): what the models said, beside the rates. Prompts are the first of
-    each kind in the start model's eval order; answers are cut at ``max_chars``."""
+    lowest seed each method has): what the models said, beside the rates. Prompts are taken round
+    robin over each kind's (source, category) groups in the start model's eval order, so they spread
+    over harm categories; answers are cut at ``max_chars``."""
     def records(name: str) -> dict[tuple[str, str], dict[str, Any]]:
         return {(r["source"] if r["kind"] != "task" else r["task"], str(r["id"])): r
                 for r in read_json(out / "05_eval" / name / "eval.json")["records"]}
@@ -91,7 +112,13 @@ def sample_answers(out: Path, runs: list, scenarios: list[str], counts: dict[str
     start = read_json(out / "05_eval" / "start" / "eval.json")["records"]
     chosen: list[dict[str, Any]] = []
     for kind, k in counts.items():
-        chosen += [r for r in start if r["kind"] == kind][:k]
+        # spread over sources and categories: the first prompt of each (source, category) in turn
+        groups: dict[tuple, list[dict[str, Any]]] = {}
+        for r in start:
+            if r["kind"] == kind:
+                groups.setdefault((r.get("source") or r.get("task"), r.get("category")), []).append(r)
+        rounds = [g[i] for i in range(max(map(len, groups.values()), default=0)) for g in groups.values() if i < len(g)]
+        chosen += rounds[:k]
     start_recs = records("start")
     samples = []
     for scenario in scenarios:
