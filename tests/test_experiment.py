@@ -153,6 +153,17 @@ def test_claims_are_decided_by_paired_intervals_three_ways():
     assert all(c["verdict"] in ("holds", "does not hold", "inconclusive") for c in pairs)
 
 
+def test_a_chosen_procon_variant_gets_the_same_claims():
+    o = _outcomes({"start": 0.05, "sft": 0.50, "sft_safe": 0.30, "procon_wu_safe": 0.40, "pc_x": 0.10, "sft_long": 0.5},
+                  task={"sft": 0.60, "sft_safe": 0.60, "procon_wu_safe": 0.60, "pc_x": 0.60, "sft_long": 0.60})
+    found = claims(o, ["procon_wu_safe", "pc_x"])
+    by = {(f["claim"], f["judge"]): f for f in found}
+    assert by[("pc_x has a lower ASR than SFT + safety data", "extended")]["verdict"] == "holds"
+    assert by[("procon_wu_safe has a lower ASR than SFT + safety data", "extended")]["verdict"] == "does not hold"
+    assert sum(f["claim"].startswith("pc_x") for f in found) == sum(f["claim"].startswith("procon_wu_safe ") for f in found)
+    assert [f for f in claims(o) if f["claim"].startswith("pc_x")] == []  # default: the paper's method only
+
+
 def test_a_point_estimate_alone_never_decides():
     # 3 points better on 30 items with one seed: a positive point estimate, an interval around 0
     o = _outcomes({"start": 0.0, "sft": 0.30, "procon_wu_safe": 0.27, "sft_safe": 0.3, "sft_long": 0.3},

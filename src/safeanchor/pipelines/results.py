@@ -161,7 +161,9 @@ def collect_results(cfg, out: Path, runs: list, start: dict[str, Any], *,
             if iv:
                 row[f"{metric}_pooled_ci"] = iv["ci95"]
                 row.setdefault(f"{metric}_mean", iv["mean"])
-    found = claims(outcomes) + drift_claims(rows, list(cfg.scenarios))
+    procon_variants = [name for name, spec in (cfg.variants or {}).items()
+                       if name in cfg.methods and str(spec.get("method", "")).startswith("procon")]
+    found = claims(outcomes, [BEST, *procon_variants]) + drift_claims(rows, list(cfg.scenarios))
     ev0 = read_json(out / "05_eval" / "start" / "eval.json")
     prov = provenance(
         start_model=cfg.model, start_fingerprint=start.get("fingerprint"), unaligned_model=cfg.unaligned_model,
@@ -290,23 +292,28 @@ def _record(o: Outcomes, claim: str, scenario: str, metric: str, a: str, b: str,
             **({"note": note} if note else {})}
 
 
-def claims(o: Outcomes) -> list[dict[str, Any]]:
-    """The paper's claims and the bar of issue 13, per scenario, each as a record decided by its interval."""
+def claims(o: Outcomes, candidates: list[str] | None = None) -> list[dict[str, Any]]:
+    """The paper's claims and the bar of issue 13, per scenario, each as a record decided by its interval.
+
+    ``candidates``: the ProCon methods the claims are made for (default: the paper's best,
+    procon_wu_safe; an experiment adds its ProCon variants, e.g. a setting chosen on validation)."""
     out: list[dict[str, Any] | None] = []
     for sc in o.scenarios:
         for metric in ("asr", "asr_reference"):
             out.append(_record(o, "plain SFT raises ASR over the aligned start", sc, metric, "start", "sft",
                                direction=">"))
-            out.append(_record(o, f"{BEST} cuts ASR to at most {ASR_RATIO:g}x plain SFT's", sc, metric, "sft", BEST,
-                               direction="<", scale_a=ASR_RATIO, note=f"diff = ASR({BEST}) - {ASR_RATIO:g}*ASR(sft)"))
-            out.append(_record(o, f"{BEST} has a lower ASR than SFT + safety data", sc, metric, "sft_safe", BEST,
-                               direction="<"))
-            out.append(_record(o, f"{BEST} has a lower ASR than plain SFT for m + n epochs (equal compute)", sc,
-                               metric, "sft_long", BEST, direction="<"))
-        for other, name in (("sft", "plain SFT"), ("sft_safe", "SFT + safety data"),
-                            ("sft_long", "plain SFT for m + n epochs")):
-            out.append(_record(o, f"{BEST} keeps task accuracy within {100 * TASK_MARGIN:g} points of {name}", sc,
-                               "task_acc", other, BEST, direction=">", bound=-TASK_MARGIN))
+        for best in candidates or [BEST]:
+            for metric in ("asr", "asr_reference"):
+                out.append(_record(o, f"{best} cuts ASR to at most {ASR_RATIO:g}x plain SFT's", sc, metric, "sft", best,
+                                   direction="<", scale_a=ASR_RATIO, note=f"diff = ASR({best}) - {ASR_RATIO:g}*ASR(sft)"))
+                out.append(_record(o, f"{best} has a lower ASR than SFT + safety data", sc, metric, "sft_safe", best,
+                                   direction="<"))
+                out.append(_record(o, f"{best} has a lower ASR than plain SFT for m + n epochs (equal compute)", sc,
+                                   metric, "sft_long", best, direction="<"))
+            for other, name in (("sft", "plain SFT"), ("sft_safe", "SFT + safety data"),
+                                ("sft_long", "plain SFT for m + n epochs")):
+                out.append(_record(o, f"{best} keeps task accuracy within {100 * TASK_MARGIN:g} points of {name}", sc,
+                                   "task_acc", other, best, direction=">", bound=-TASK_MARGIN))
     return [r for r in out if r is not None]
 
 
