@@ -25,3 +25,17 @@ def test_the_readme_python_api(tmp_path, tiny_tokenizer):
     assert result.steps[0]["procon/raw"] == 0.0 and result.steps[1]["procon/raw"] > 0
     assert 0.0 <= scores["summary"]["harmful"][data["harmful"]]["asr"] <= 1.0
     assert len(drift["cos"]) == rd.n_layers
+
+
+def test_subpackages_load_on_first_use_from_the_package_root():
+    """``import safeanchor`` then ``safeanchor.train.train`` (the package docstring's example) works in a
+    fresh interpreter, and a name that is neither an export nor a submodule is an AttributeError."""
+    import subprocess
+    import sys
+
+    code = ("import safeanchor as sa\n"
+            "assert callable(sa.train.train) and 'procon' in sa.methods.METHODS\n"
+            "try:\n    sa.no_such_name\nexcept AttributeError as e:\n    print(e)\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert "has no attribute 'no_such_name'" in res.stdout

@@ -199,3 +199,19 @@ def test_fsdp_that_cannot_run_is_refused_not_dropped(work):
     assert env_run.returncode != 0
     assert "FSDP needs accelerator devices" in env_run.stderr
     assert not (work / "fsdp" / "train_report.json").exists()
+
+
+@pytest.mark.parametrize("case", ["same", "count", "names"])
+def test_logged_numbers_are_averaged_over_ranks_and_other_names_refused(case):
+    """Every rank gets the mean of the same names; ranks that log different names (another count,
+    or the same count under other names) both stop with an error, never a partial sum."""
+    proc = launch([str(WORKER.with_name("dist_mean_worker.py")), case], timeout=120)
+    import re
+
+    said = dict(re.findall(r"rank (\d) (\{[^}]*\}|error ranks log different values)", proc.stdout))  # lines may interleave
+    assert set(said) == {"0", "1"}, proc.stdout + proc.stderr
+    for text in said.values():
+        if case == "same":
+            assert json.loads(text) == {"loss": 1.5, "procon/raw": 5.0}
+        else:
+            assert text.startswith("error"), proc.stdout

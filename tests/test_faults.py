@@ -92,6 +92,32 @@ def _adapter_on(tmp: Path, tok, *, weights: bool = True) -> dict:
     return {}
 
 
+def _trained_then_base_replaced(tmp: Path, tok, **train_kw) -> dict:
+    """A run trained on the folder ``base``, whose weights are then replaced by another model's (a
+    rebuilt or overwritten base under the same name)."""
+    from test_train import tiny_config
+    from safeanchor.models import load_model
+    from safeanchor.train import train
+
+    data = write_data(tmp / "data")
+    make_tiny_llama(len(tok), seed=0).save_pretrained(tmp / "base")
+    tok.save_pretrained(tmp / "base")
+    model, _ = load_model(str(tmp / "base"), device="cpu")
+    train(tiny_config(tmp / "run", data, model=str(tmp / "base"), method="sft", **train_kw), model, tok)
+    make_tiny_llama(len(tok), seed=1).save_pretrained(tmp / "base")
+    return {"data": data}
+
+
+def _resume_on(tmp: Path, tok, s: dict):
+    from test_train import tiny_config
+    from safeanchor.models import load_model
+    from safeanchor.train import train
+
+    model, _ = load_model(str(tmp / "base"), device="cpu")
+    return train(tiny_config(tmp / "run", s["data"], model=str(tmp / "base"), method="sft", save_strategy="steps",
+                             save_steps=2, resume_from_checkpoint="last"), model, tok)
+
+
 def _load(path: str, **kw):
     from safeanchor.models import load_model
 
@@ -129,6 +155,18 @@ FAULTS = [
     Fault("adapter applied to another base", _adapter_on,
           lambda tmp, tok, s: _load(str(tmp / "base_b"), adapter=str(tmp / "adapter")),
           ValueError, r"was trained on .*base_a, not on .*base_b"),
+    Fault("adapter on a base of the same name whose weights changed", _trained_then_base_replaced,
+          lambda tmp, tok, s: _load(str(tmp / "base"), adapter=str(tmp / "run" / "out")),
+          ValueError, r"was trained on a base with weights fingerprint \w+ \(.*train_report\.json\), but .*base has "
+          r"fingerprint \w+: the same name holds other weights now"),
+    Fault("checkpoint adapter on a base whose weights changed",
+          lambda tmp, tok: _trained_then_base_replaced(tmp, tok, save_strategy="steps", save_steps=2),
+          lambda tmp, tok, s: _load(str(tmp / "base"), adapter=str(tmp / "run" / "out" / "checkpoint-6")),
+          ValueError, r"checkpoint-6 was trained on a base with weights fingerprint .*safeanchor_state\.json"),
+    Fault("resume on a base whose weights changed",
+          lambda tmp, tok: _trained_then_base_replaced(tmp, tok, save_strategy="steps", save_steps=2),
+          _resume_on, ValueError, r"cannot resume from .*checkpoint-6: it was trained with other settings \(base "
+          r"weights fingerprint: \w+ there, \w+ here\)"),
     Fault("adapter folder without weights", lambda tmp, tok: _adapter_on(tmp, tok, weights=False),
           lambda tmp, tok, s: _load(str(tmp / "base_a"), adapter=str(tmp / "adapter")),
           FileNotFoundError, r"adapter_config\.json but no adapter_model\.safetensors"),

@@ -182,3 +182,23 @@ def test_embedded_model_converts_once_and_loads_from_cache(embedded_cache):
 def test_missing_adapter_is_a_clear_error(tiny_model_dir, tmp_path):
     with pytest.raises(FileNotFoundError, match="no adapter_config.json"):
         models.load_model(str(tiny_model_dir), device="cpu", adapter=str(tmp_path / "not-trained"))
+
+
+def test_base_fingerprints_match_across_precisions_and_differ_for_other_weights(tiny_model):
+    """What an adapter records of its base: the same weights loaded in fp32, bf16 or fp16 share a
+    fingerprint with the fp32 record (an adapter trained in fp32 loads onto the bf16 base); other
+    weights share none; LoRA weights are left out."""
+    import copy
+
+    import torch
+
+    record = models.base_fingerprints(tiny_model)
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):
+        here = models.base_fingerprints(copy.deepcopy(tiny_model).to(dtype))
+        assert models.same_base(record, here) and models.same_base(here, record)
+    assert models.model_fingerprint(tiny_model) != models.model_fingerprint(copy.deepcopy(tiny_model).to(torch.bfloat16))
+    assert models.base_fingerprints(models.attach_lora(copy.deepcopy(tiny_model), r=2)) == record
+    other = copy.deepcopy(tiny_model)
+    with torch.no_grad():
+        next(other.parameters()).view(-1)[::7] += 0.5
+    assert not models.same_base(record, models.base_fingerprints(other))

@@ -9,6 +9,7 @@ The public Python API, imported lazily (``import safeanchor`` stays cheap for th
 """
 
 import importlib
+import importlib.util
 
 __version__ = "0.1.0"
 
@@ -22,10 +23,21 @@ _EXPORTS = {
     "SafeSFTConfig": "train.trl_trainer", "SafeSFTTrainer": "train.trl_trainer",
 }
 
+
+def lazy_exports(package: str, exports: dict[str, str]):
+    """The ``__getattr__`` of a package that re-exports ``exports`` (name -> submodule, relative to
+    ``package``) and imports each submodule only when one of its names is first used; a subpackage
+    or submodule is imported on first use too (``safeanchor.train.train`` after ``import safeanchor``)."""
+
+    def __getattr__(name: str):
+        if name in exports:
+            return getattr(importlib.import_module(f".{exports[name]}", package), name)
+        if not name.startswith("_") and importlib.util.find_spec(f"{package}.{name}") is not None:
+            return importlib.import_module(f".{name}", package)
+        raise AttributeError(f"module {package!r} has no attribute {name!r}")
+
+    return __getattr__
+
+
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -319,6 +319,15 @@ def load_model(
             raise FileNotFoundError(f"adapter {adapter}: no adapter_config.json there (expected a folder written by "
                                     "save_pretrained of a PEFT model, e.g. a safeanchor train output_dir)")
         check_adapter_base(adapter, path)
+        recorded = recorded_base_fingerprint(adapter)
+        if recorded is not None:
+            here = base_fingerprints(model)
+            if here is not None and not same_base(recorded[1], here):
+                there = recorded[1] if isinstance(recorded[1], str) else recorded[1].get("bf16")
+                raise ValueError(
+                    f"adapter {adapter} was trained on a base with weights fingerprint {there} ({recorded[0]}), "
+                    f"but {name_or_path} has fingerprint {here['bf16']}: the same name holds other weights now (rebuilt "
+                    "or replaced since the training?); load it onto the model it was trained on")
         model = PeftModel.from_pretrained(model, adapter)
     model.to(device)
     model.eval()
@@ -413,12 +422,15 @@ def attach_lora(
     return peft_model
 
 
-def model_fingerprint(model, sample: int = 4096, *, base_only: bool = False) -> str:
+def model_fingerprint(model, sample: int = 4096, *, base_only: bool = False, as_dtype: torch.dtype | None = None) -> str | None:
     """A short, stable hash of a model's weights: names, shapes, dtypes and a strided sample.
 
     Cheap even for 7B models (reads ``sample`` values per tensor). LoRA adapter weights are
     included, so a base model and base + adapter have different fingerprints; ``base_only``
-    leaves them out, so a PEFT-wrapped model has its base model's fingerprint.
+    leaves them out, so a PEFT-wrapped model has its base model's fingerprint. ``as_dtype`` hashes
+    the values rounded to that dtype and leaves the tensors' own dtypes out (see
+    :func:`base_fingerprints`). ``None`` when the weights are not all on this process (ZeRO-3 /
+    FSDP shards: a tensor with no elements).
     """
     h = hashlib.sha256()
     sd = model.state_dict()
@@ -426,10 +438,51 @@ def model_fingerprint(model, sample: int = 4096, *, base_only: bool = False) -> 
         if base_only and ("lora_" in name or "modules_to_save" in name):
             continue
         t = sd[name]
+        if t.numel() == 0:
+            return None
         clean = name.replace("base_model.model.", "").replace(".base_layer", "")
-        h.update(f"{clean}|{tuple(t.shape)}|{t.dtype}".encode())
+        h.update(f"{clean}|{tuple(t.shape)}".encode() if as_dtype else f"{clean}|{tuple(t.shape)}|{t.dtype}".encode())
         flat = t.detach().reshape(-1)
         step = max(1, flat.numel() // sample)
-        vals = flat[::step][:sample].to(torch.float32).cpu().contiguous()
-        h.update(vals.numpy().tobytes())
+        vals = flat[::step][:sample]
+        if as_dtype is not None and vals.is_floating_point():
+            vals = vals.to(as_dtype)
+        h.update(vals.to(torch.float32).cpu().contiguous().numpy().tobytes())
     return h.hexdigest()[:16]
+
+
+_PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def base_fingerprints(model) -> dict[str, str] | None:
+    """What an adapter records of its base: the base weights' fingerprint with the values rounded to
+    fp32, bf16 and fp16. The same stored weights loaded in any of those precisions share at least
+    one of them with the record made at training time (e.g. trained in fp32 on CPU, evaluated in
+    bf16 on a GPU: the bf16 ones), and other weights share none. ``None`` for sharded weights."""
+    out = {k: model_fingerprint(model, base_only=True, as_dtype=dt) for k, dt in _PRECISIONS.items()}
+    return None if None in out.values() else out
+
+
+def same_base(recorded: dict[str, str] | str, here: dict[str, str]) -> bool:
+    if isinstance(recorded, str):  # a single fingerprint: no precision to match on
+        return recorded in here.values()
+    return any(recorded.get(k) == v for k, v in here.items())
+
+
+BASE_FINGERPRINT_FILES = ("train_report.json", "safeanchor_state.json")  # a run's folder, a checkpoint
+
+
+def recorded_base_fingerprint(adapter_folder: str | Path) -> tuple[str, dict[str, str]] | None:
+    """``(file, fingerprints)`` of the base an adapter was trained on, as safeanchor's training wrote it
+    (``base_fingerprint`` in the run's ``train_report.json`` or a checkpoint's ``safeanchor_state.json``);
+    ``None`` for adapters from elsewhere."""
+    for name in BASE_FINGERPRINT_FILES:
+        f = Path(adapter_folder).expanduser() / name
+        if f.is_file():
+            try:
+                fp = json.loads(f.read_text(encoding="utf-8")).get("base_fingerprint")
+            except (ValueError, UnicodeDecodeError):
+                raise ValueError(f"{f}: not valid JSON (a damaged run folder?)") from None
+            if fp:
+                return str(f), fp
+    return None

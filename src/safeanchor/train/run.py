@@ -166,6 +166,7 @@ def train(config, model=None, tokenizer=None, callbacks: list[TrainerCallback] |
             "name": method.coefficient, "alpha": config.alpha, "schedule": config.alpha_schedule,
             "alpha_after": config.alpha_after, "schedule_length": config.schedule_length, "unit": config.schedule_unit},
         "post_hoc": post_hoc,
+        "base_fingerprint": trainer.base_fingerprint,  # load_model checks an adapter's base against it
         "trained_fingerprint": model_fingerprint(model),
         "data": data_report,
         "regularizers": trainer.reports,

@@ -35,7 +35,7 @@ from ..distributed import all_reduce, mean_over_ranks, world_size
 from ..io import load_tensors, provenance, read_json, save_tensors, write_json
 from ..methods.base import Regularizer, RegularizerSetupError
 from ..data.batches import forward_inputs
-from ..models import model_precision
+from ..models import base_fingerprints, model_precision, same_base
 from .schedules import Schedule
 
 log = logging.getLogger(__name__)
@@ -90,6 +90,8 @@ class RegularizerLoop:
         self.resuming_from: str | None = None
         self._setup_done = False
         self.dominance_steps = DOMINANCE_STEPS
+        # what an adapter saved from this run records of its base (checked when it is loaded, and on resume)
+        self.base_fingerprint = base_fingerprints(self.model)
         self.add_callback(_StepRecorder(self))
         if getattr(self.args, "fsdp", None) and not self.is_fsdp_enabled:
             # Trainer drops an FSDP request it cannot honour (e.g. on CPU: accelerate runs plain DDP)
@@ -290,7 +292,8 @@ class RegularizerLoop:
             save_tensors(folder / REGULARIZER_STATE_FILE, tensors,
                          metadata={"regularizers": ",".join(self.regularizers)})
         state = {"global_step": self.state.global_step, "step_log": self.step_log, "reports": self.reports,
-                 "world_size": self.args.world_size, "provenance": provenance()}
+                 "world_size": self.args.world_size, "base_fingerprint": self.base_fingerprint,
+                 "provenance": provenance()}
         if hasattr(self.args, "to_yaml_dict"):  # what a resume from here must match
             from .config import result_settings
 
@@ -308,6 +311,10 @@ class RegularizerLoop:
             diffs = setting_differences(saved, self.args.to_yaml_dict()) if saved else []
             if state.get("world_size", 1) != self.args.world_size:  # the global batch and the data shards differ
                 diffs.append(f"world_size: {state.get('world_size', 1)} there, {self.args.world_size} here")
+            there = state.get("base_fingerprint")
+            if there and self.base_fingerprint and not same_base(there, self.base_fingerprint):  # same name, other weights
+                shown = there if isinstance(there, str) else there.get("bf16")
+                diffs.append(f"base weights fingerprint: {shown} there, {self.base_fingerprint['bf16']} here")
             if diffs:
                 raise ConfigError(f"cannot resume from {folder}: it was trained with other settings "
                                   f"({'; '.join(diffs)}); resume with the same settings or start a new output_dir")
