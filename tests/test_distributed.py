@@ -215,3 +215,17 @@ def test_logged_numbers_are_averaged_over_ranks_and_other_names_refused(case):
             assert json.loads(text) == {"loss": 1.5, "procon/raw": 5.0}
         else:
             assert text.startswith("error"), proc.stdout
+
+
+def test_trl_script_on_two_processes_logs_the_penalty_of_all_ranks(work, tmp_path):
+    """A user's TRL script with ``SafeSFTTrainer`` under torchrun: the logged ProCon penalty is the
+    mean over ranks (TRL logs rank 0's own average otherwise), so 1 and 2 processes log the same numbers."""
+    worker = str(WORKER.with_name("dist_trl_worker.py"))
+    for procs in (1, 2):
+        launch([worker, str(work), str(tmp_path / f"p{procs}")], procs=procs)
+    one, two = ([r for r in json.loads((tmp_path / f"p{p}" / "log_history.json").read_text()) if "procon/raw" in r]
+                for p in (1, 2))
+    assert len(one) == len(two) == 4 and one[0]["procon/raw"] == 0.0 and one[1]["procon/raw"] > 0
+    for a, b in zip(one, two):
+        assert b["procon/raw"] == pytest.approx(a["procon/raw"], rel=1e-4, abs=1e-8)
+        assert b["ce"] == pytest.approx(a["ce"], rel=1e-4)

@@ -34,6 +34,7 @@ from trl import SFTConfig, SFTTrainer
 from ..data import IGNORE_INDEX
 from ..hooks import capture_residuals
 from .config import ConfigError, MethodSettings, SafeTrainingConfig
+from ..distributed import mean_over_ranks
 from .trainer import RegularizerLoop
 
 log = logging.getLogger(__name__)
@@ -200,6 +201,14 @@ class SafeSFTTrainer(RegularizerLoop, SFTTrainer):
         loss = self.add_penalties(model, batch, SimpleNamespace(hidden_states=hidden), loss, coefs, active,
                                   scale=1.0 / steps, ce_value=float(loss.detach()) * steps)
         return (loss, outputs) if return_outputs else loss
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        # TRL averages ``_metrics`` on each rank and logs rank 0's: our penalties are per-rank values, so
+        # they are averaged over ranks first (TRL's own entries are already gathered: equal on every rank)
+        mode = "train" if self.model.training else "eval"
+        for k, v in mean_over_ranks({k: sum(v) / len(v) for k, v in self._metrics[mode].items() if v}).items():
+            self._metrics[mode][k] = [v]
+        super().log(logs, start_time)
 
     @staticmethod
     def _layers_of(reg) -> list[int]:
