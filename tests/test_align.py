@@ -117,7 +117,8 @@ def test_failed_build_leaves_previous_model_intact(built, tiny_model_dir, monkey
 
 def test_interrupted_build_resumes_from_its_last_finished_stage(built, tiny_model_dir, monkeypatch):
     """A crash in stage 2 keeps stage 1; the rerun skips it and gives the same model as a clean build;
-    a rerun with other options starts over instead of mixing settings."""
+    a rerun with other options is refused with the differences (its finished stages are kept), and
+    with --force starts over instead of mixing settings."""
     out, info = built
     fresh = out.parent / "resumed"
     real = align_mod.train_adapter
@@ -138,8 +139,14 @@ def test_interrupted_build_resumes_from_its_last_finished_stage(built, tiny_mode
     monkeypatch.setattr(align_mod, "train_adapter", boom)
     with pytest.raises(RuntimeError):
         build_safe_model(str(tiny_model_dir), out.parent / "other", **TINY_OPTS)
-    with pytest.raises(RuntimeError):
+    stage = out.parent / ".other.partial" / "alignment" / "1_data" / "stage.json"
+    kept = stage.read_text()
+    with pytest.raises(FileExistsError, match=r"holds an unfinished build with other settings \(seed: 0 -> 1\); rerun "
+                       r"with the same options to resume it, or pass --force"):
         build_safe_model(str(tiny_model_dir), out.parent / "other", **{**TINY_OPTS, "seed": 1})
+    assert stage.read_text() == kept  # the refused rerun changed nothing
+    with pytest.raises(RuntimeError):
+        build_safe_model(str(tiny_model_dir), out.parent / "other", force=True, **{**TINY_OPTS, "seed": 1})
     marker = json.loads((out.parent / ".other.partial" / "alignment" / "recipe.json").read_text())
     assert marker["config"]["seed"] == 1  # the other settings' partial build was started over
 

@@ -137,7 +137,7 @@ def test_cli_eval_writes_eval_json(tiny_model_dir, sources, tmp_path, monkeypatc
 
     bad = CliRunner().invoke(app, ["eval", "--model", str(tiny_model_dir), "--harmful", "file:/nonexistent.jsonl",
                                    "--task", "none", "--harmless", "none", "--device", "cpu", "--quiet"])
-    assert bad.exit_code == 1 and "file not found" in bad.output
+    assert bad.exit_code == 2 and "file not found" in bad.output  # a user mistake
 
 
 def test_stratified_head_keeps_the_mix_deterministically():

@@ -108,19 +108,27 @@ def atomic_dir(target: str | Path, build: Callable[[Path], T], *, if_exists: str
 
 def claim_output_folder(folder: str | Path, finished: tuple[str, ...], *, force: bool = False,
                         what: str = "result", flag: str = "--force") -> Path:
-    """Before any work: make ``folder`` and check it is writable, and refuse it when it already
-    holds a finished ``what`` (any of the ``finished`` file names) unless ``force``."""
+    """Before any work: refuse ``folder`` when it already holds a finished ``what`` (any of the
+    ``finished`` file names) unless ``force``, and check it can be written -- by a real write into
+    it, or into the nearest folder above it that exists when it does not exist yet (it is not
+    created here, so a command that stops on a later check leaves nothing behind)."""
     folder = Path(folder)
     done = [name for name in finished if (folder / name).exists()]
     if done and not force:
         raise FileExistsError(f"{folder} already holds a finished {what} ({', '.join(done)}); nothing was changed. "
                               f"Choose another folder, or pass {flag} to replace it")
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
+    here = folder
+    while not here.exists() and here != here.parent:
+        here = here.parent
+    if not here.is_dir():
+        raise FileExistsError(f"{folder}: cannot create the output folder ({here} is a file, not a folder)")
+    try:  # a real write, not os.access: root passes that check on a read-only folder, and so does a read-only mount
+        fd, probe = tempfile.mkstemp(dir=here, prefix=".write-check-")
+        os.close(fd)
+        os.unlink(probe)
     except OSError as e:
-        raise FileNotFoundError(f"{folder}: cannot create the output folder ({e.strerror})") from None
-    if not os.access(folder, os.W_OK):
-        raise FileExistsError(f"{folder}: the output folder is not writable")
+        verb = "is not writable" if here == folder else f"cannot be created ({here} is not writable)"
+        raise PermissionError(f"{folder}: the output folder {verb} ({e.strerror})") from None
     return folder
 
 
@@ -147,7 +155,17 @@ def write_json(path: str | Path, obj: Any) -> None:
 
 
 def read_json(path: str | Path) -> Any:
-    return json.loads(Path(path).read_text(encoding="utf-8"))
+    """A JSON file's content; a missing, non-UTF-8 or malformed file is an error naming the file (and line)."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: file not found") from None
+    except UnicodeDecodeError as e:
+        raise ArtifactError(f"{path}: not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start})") from None
+    except json.JSONDecodeError as e:
+        raise ArtifactError(f"{path}:{e.lineno}: not valid JSON ({e.msg}, column {e.colno}); a damaged or "
+                            "hand-edited file?") from None
 
 
 def save_tensors(path: str | Path, tensors: Mapping[str, Any], metadata: Mapping[str, str] | None = None) -> None:

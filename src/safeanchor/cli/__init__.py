@@ -13,6 +13,7 @@ import sys
 
 import typer
 
+
 def debug_reraise() -> None:
     """Inside a command's ``except``: with ``--debug`` / ``SAFEANCHOR_DEBUG=1``, re-raise for the traceback."""
     if os.environ.get("SAFEANCHOR_DEBUG"):
@@ -20,12 +21,69 @@ def debug_reraise() -> None:
 
 
 def user_errors() -> tuple[type[BaseException], ...]:
-    """Exceptions that mean a user mistake (a bad config, data file, path or folder): one message, no traceback."""
-    from ..configfile import ConfigError
-    from ..data import DataError
+    """Exceptions that mean a user mistake (a bad config, option, data file, path, folder or artifact):
+    one message, no traceback, exit 2. safeanchor's own checks raise ``ValueError`` subclasses
+    (``ConfigError``, ``DataError``, ``ArtifactError``, ...) or ``OSError`` ones (a missing file, a
+    folder that holds a finished result, no permission)."""
+    from ..distributed import DuplicatedRunError
     from ..methods.base import RegularizerSetupError
 
-    return (ConfigError, DataError, RegularizerSetupError, FileExistsError, FileNotFoundError)
+    return (ValueError, OSError, RegularizerSetupError, DuplicatedRunError)
+
+
+def failure_errors() -> tuple[type[BaseException], ...]:
+    """Failures the run itself found, with a message that says what happened: one message, exit 1."""
+    from ..evaluate.llm_judge import JudgeConnectionError
+    from ..train.trainer import ZeroPenaltyError
+
+    return (ZeroPenaltyError, JudgeConnectionError)
+
+
+def exit_code_for(error: BaseException) -> int | None:
+    """2 for a user mistake, 1 for a reported failure, ``None`` for a bug (its traceback is shown)."""
+    if isinstance(error, user_errors()):
+        return 2
+    if isinstance(error, failure_errors()):
+        return 1
+    return None
+
+
+def guarded(callback):
+    """Wrap a command so a user mistake prints one red line and exits 2 (a reported failure: 1), in the
+    installed command and under ``typer.testing.CliRunner`` alike; ``--debug`` / ``SAFEANCHOR_DEBUG=1``
+    shows the traceback instead."""
+    import functools
+
+    import click
+
+    @functools.wraps(callback)  # typer reads the options from the wrapped function's signature
+    def run(*args, **kwargs):
+        try:
+            return callback(*args, **kwargs)
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+            raise
+        except Exception as e:
+            code = exit_code_for(e)
+            if code is None or os.environ.get("SAFEANCHOR_DEBUG"):
+                raise
+            typer.secho(f"error: {e}", fg="red", err=True)
+            raise typer.Exit(code) from None
+
+    run.safeanchor_guarded = True
+    return run
+
+
+def _guard_commands(typer_app: typer.Typer) -> None:
+    """Every command of ``typer_app`` and of its groups, and every group's own callback (``safeanchor
+    direction`` is one), runs under :func:`guarded`."""
+    infos = list(typer_app.registered_commands)
+    if typer_app.registered_callback is not None:
+        infos.append(typer_app.registered_callback)
+    for info in infos:
+        if info.callback is not None and not getattr(info.callback, "safeanchor_guarded", False):
+            info.callback = guarded(info.callback)
+    for group in typer_app.registered_groups:
+        _guard_commands(group.typer_instance)
 
 
 class _App(typer.Typer):
@@ -45,11 +103,12 @@ class _App(typer.Typer):
             os.environ["SAFEANCHOR_DEBUG"] = "1"
         try:
             return super().__call__(*args, **kwargs)
-        except Exception as e:
-            if os.environ.get("SAFEANCHOR_DEBUG") or not isinstance(e, user_errors()):
+        except Exception as e:  # what the commands' guard did not see (e.g. typer's own parsing)
+            code = exit_code_for(e)
+            if os.environ.get("SAFEANCHOR_DEBUG") or code is None:
                 raise
             typer.secho(f"error: {e}", fg="red", err=True)
-            sys.exit(2)
+            sys.exit(code)
 
 
 app = _App(
@@ -78,6 +137,7 @@ def _register_all() -> None:
                 continue
             raise
         module.register(app)
+    _guard_commands(app)  # every command, in every group: one rule for user mistakes
 
 
 _register_all()

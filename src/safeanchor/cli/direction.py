@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import time
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, List, Optional
+from typing import List, Optional
 
 import typer
 
-from . import debug_reraise
 from rich.console import Console
 from rich.table import Table
 
@@ -20,21 +18,6 @@ direction_app = typer.Typer(
     invoke_without_command=True,
     no_args_is_help=False,
 )
-
-
-@contextmanager
-def _user_errors() -> Iterator[None]:
-    """Turn the errors a user can fix (bad data, model, artifact, option) into a red line + exit 2."""
-    from ..data import DataError
-    from ..families import UnsupportedModelError
-    from ..direction.artifact import IncompatibleDirectionError
-
-    try:
-        yield
-    except (DataError, UnsupportedModelError, IncompatibleDirectionError, FileNotFoundError, ValueError) as e:
-        debug_reraise()
-        console.print(f"[red]error:[/red] {e}")
-        raise typer.Exit(2)
 
 
 def parse_layers(text: str | None) -> list[int] | None:
@@ -91,20 +74,20 @@ def direction(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="artifact folder (direction.safetensors + direction.json)"),
     harmful: str = typer.Option("bundled:harmful:train", help="harmful prompts"),
     harmless: str = typer.Option("bundled:harmless:train", help="harmless prompts"),
-    limit: int = typer.Option(128, help="prompts per set (seeded sample; reference: 128)"),
+    limit: int = typer.Option(128, min=1, help="prompts per set (seeded sample; reference: 128)"),
     seed: int = typer.Option(0, help="seed of the prompt sample"),
     positions: str = typer.Option("last", help="'last' (ProCon) or 'post-instruction' (every template token, Arditi)"),
-    batch_size: int = typer.Option(32, help="prompts per forward pass"),
-    max_length: int = typer.Option(512, help="prompt tokens kept (left-truncated)"),
+    batch_size: int = typer.Option(32, min=1, help="prompts per forward pass"),
+    max_length: int = typer.Option(512, min=1, help="prompt tokens kept (left-truncated)"),
     precision: str = typer.Option("auto", help="auto, fp32, bf16 or fp16"),
     auroc: bool = typer.Option(True, "--auroc/--no-auroc", help="per-layer AUROC on held-out prompts (last token)"),
     auroc_harmful: str = typer.Option("bundled:harmful:test", help="held-out harmful prompts for the AUROC"),
     auroc_harmless: str = typer.Option("bundled:harmless:test", help="held-out harmless prompts for the AUROC"),
-    auroc_limit: Optional[int] = typer.Option(None, help="held-out prompts per set (default all)"),
+    auroc_limit: Optional[int] = typer.Option(None, min=1, help="held-out prompts per set (default all)"),
     select: bool = typer.Option(False, "--select", help="Arditi et al. selection of one (layer, position)"),
     select_layers: Optional[str] = typer.Option(None, help="layers to scan, e.g. 6-20 (default every layer < 0.8·L)"),
     select_positions: str = typer.Option("auto", help="positions to scan: auto (all on GPU, last on CPU), last, all, or -5,-1"),
-    select_limit: int = typer.Option(32, help="validation prompts per set for selection"),
+    select_limit: int = typer.Option(32, min=1, help="validation prompts per set for selection"),
     select_all_prompts: bool = typer.Option(False, help="selection: keep harmful prompts the model does not refuse "
                                                         "and harmless ones it does (the reference leaves them out)"),
     force: bool = typer.Option(False, "--force", help="replace a direction already in --out"),
@@ -120,51 +103,55 @@ def direction(
         console.print("[red]error:[/red] --model and --out are required (or use a subcommand: auroc, steer)")
         raise typer.Exit(2)
     from ..direction.artifact import INFO_FILE, TENSORS_FILE
-    from ..distributed import DuplicatedRunError, is_main, join_launch
+    from ..distributed import is_main, join_launch
     from ..io import claim_output_folder
 
-    try:
-        join_launch()  # under torchrun: the ranks share the prompts (sums all-reduced); the main one writes
-        if is_main():
-            claim_output_folder(out, (TENSORS_FILE, INFO_FILE), force=force, what="refusal direction")
-    except (FileExistsError, FileNotFoundError, DuplicatedRunError) as e:
-        debug_reraise()
-        console.print(f"[red]error:[/red] {e}")
-        raise typer.Exit(2)
+    join_launch()  # under torchrun: the ranks share the prompts (sums all-reduced); the main one writes
+    if is_main():
+        claim_output_folder(out, (TENSORS_FILE, INFO_FILE), force=force, what="refusal direction")
     from ..data import load_source
     from ..report.plots import plot_layer_auroc, plot_selection_scores
     from ..direction.extract import ExtractConfig, extract_direction, layer_auroc
     from ..direction.select import SelectConfig, select_direction
 
-    with _user_errors():
-        cfg = ExtractConfig(harmful=harmful, harmless=harmless, limit=limit, seed=seed, positions=positions,
-                            batch_size=batch_size, max_length=max_length)
-        sel_cfg = SelectConfig(limit=select_limit, layers=parse_layers(select_layers),
-                               positions=parse_positions(select_positions), batch_size=batch_size,
-                               filter_prompts=not select_all_prompts) if select else None
-        m, tok = _load(model, precision)
-        timing = {}
+    cfg = ExtractConfig(harmful=harmful, harmless=harmless, limit=limit, seed=seed, positions=positions,
+                        batch_size=batch_size, max_length=max_length)
+    sel_cfg = SelectConfig(limit=select_limit, layers=parse_layers(select_layers),
+                           positions=parse_positions(select_positions), batch_size=batch_size,
+                           filter_prompts=not select_all_prompts) if select else None
+    from ..direction.extract import load_prompts
+
+    for source in (harmful, harmless):  # the data before the model: an unknown or empty source costs seconds
+        load_prompts(source, limit=limit, seed=seed)
+    if auroc:
+        h, b = load_source(auroc_harmful, limit=auroc_limit), load_source(auroc_harmless, limit=auroc_limit)
+    m, tok = _load(model, precision)
+    if sel_cfg is not None and sel_cfg.layers:
+        n_layers = m.config.num_hidden_layers
+        if not all(0 <= l < n_layers for l in sel_cfg.layers):
+            raise typer.BadParameter(f"{select_layers!r}: this model has layers 0-{n_layers - 1}",
+                                     param_hint="--select-layers")
+    timing = {}
+    t0 = time.perf_counter()
+    with console.status("extracting"):
+        rd = extract_direction(m, tok, cfg)
+    timing["extract_s"] = round(time.perf_counter() - t0, 2)
+    if auroc:
         t0 = time.perf_counter()
-        with console.status("extracting"):
-            rd = extract_direction(m, tok, cfg)
-        timing["extract_s"] = round(time.perf_counter() - t0, 2)
-        if auroc:
-            t0 = time.perf_counter()
-            h, b = load_source(auroc_harmful, limit=auroc_limit), load_source(auroc_harmless, limit=auroc_limit)
-            with console.status("held-out AUROC"):
-                per_layer = layer_auroc(m, tok, rd, h, b, pos=-1, batch_size=batch_size)
-            rd.info["auroc"] = _auroc_info(auroc_harmful, auroc_harmless, h, b, -1, per_layer)
-            timing["auroc_s"] = round(time.perf_counter() - t0, 2)
-        if sel_cfg is not None:
-            if select_positions == "all":
-                sel_cfg.positions = rd.positions
-            t0 = time.perf_counter()
-            rd = select_direction(m, tok, rd, sel_cfg, progress=True)
-            timing["select_s"] = round(time.perf_counter() - t0, 2)
-        rd.info["timing"] = timing
-        if not is_main():
-            return
-        rd.save_pretrained(out)
+        with console.status("held-out AUROC"):
+            per_layer = layer_auroc(m, tok, rd, h, b, pos=-1, batch_size=batch_size)
+        rd.info["auroc"] = _auroc_info(auroc_harmful, auroc_harmless, h, b, -1, per_layer)
+        timing["auroc_s"] = round(time.perf_counter() - t0, 2)
+    if sel_cfg is not None:
+        if select_positions == "all":
+            sel_cfg.positions = rd.positions
+        t0 = time.perf_counter()
+        rd = select_direction(m, tok, rd, sel_cfg, progress=True)
+        timing["select_s"] = round(time.perf_counter() - t0, 2)
+    rd.info["timing"] = timing
+    if not is_main():
+        return
+    rd.save_pretrained(out)
     if auroc:
         plot_layer_auroc(rd.info["auroc"]["per_layer"], out / "auroc.png",
                          title=f"AUROC per layer: {auroc_harmful} vs {auroc_harmless}")
@@ -227,27 +214,30 @@ def auroc_command(
     model: Optional[str] = typer.Option(None, "--model", "-m", help="model (default: the one the direction came from)"),
     harmful: str = typer.Option("bundled:harmful:test", help="held-out harmful prompts"),
     harmless: str = typer.Option("bundled:harmless:test", help="held-out harmless prompts"),
-    limit: Optional[int] = typer.Option(None, help="prompts per set (default all)"),
+    limit: Optional[int] = typer.Option(None, min=1, help="prompts per set (default all)"),
     pos: int = typer.Option(-1, help="position (offset from the prompt end)"),
-    batch_size: int = typer.Option(32, help="prompts per forward pass"),
+    batch_size: int = typer.Option(32, min=1, help="prompts per forward pass"),
     precision: str = typer.Option("auto", help="auto, fp32, bf16 or fp16"),
     derivative: bool = typer.Option(False, "--derivative", help="the model is a fine-tuned copy of the direction's model"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="write auroc.json + auroc.png here"),
+    force: bool = typer.Option(False, "--force", help="replace an auroc.json already in --out"),
 ) -> None:
     """Per-layer AUROC of the projection onto r̂ separating held-out harmful from harmless prompts."""
     from ..data import load_source
-    from ..io import provenance, write_json
+    from ..io import claim_output_folder, provenance, write_json
+
+    if out is not None:  # before any work: a finished result, or a folder that cannot be written
+        claim_output_folder(out, ("auroc.json",), force=force, what="AUROC check")
     from ..report.plots import plot_layer_auroc
     from ..direction.artifact import RefusalDirection
     from ..direction.extract import layer_auroc
 
-    with _user_errors():
-        rd = RefusalDirection.from_pretrained(direction_dir)
-        m, tok = _load(model or rd.info["model"], precision)
-        rd.check_compatible(m, derivative=derivative)
-        h, b = load_source(harmful, limit=limit), load_source(harmless, limit=limit)
-        with console.status("projecting held-out prompts"):
-            per_layer = layer_auroc(m, tok, rd, h, b, pos=pos, batch_size=batch_size)
+    rd = RefusalDirection.from_pretrained(direction_dir)
+    h, b = load_source(harmful, limit=limit), load_source(harmless, limit=limit)  # data before the model
+    m, tok = _load(model or rd.info["model"], precision)
+    rd.check_compatible(m, derivative=derivative)
+    with console.status("projecting held-out prompts"):
+        per_layer = layer_auroc(m, tok, rd, h, b, pos=pos, batch_size=batch_size)
     info = _auroc_info(harmful, harmless, h, b, pos, per_layer)
     t = Table(title=f"AUROC per layer ({len(h)} harmful vs {len(b)} harmless, position {pos})")
     t.add_column("layer", justify="right")
@@ -270,31 +260,35 @@ def steer_command(
     model: Optional[str] = typer.Option(None, "--model", "-m", help="model (default: the one the direction came from)"),
     harmful: str = typer.Option("bundled:harmful:test", help="held-out harmful prompts (ablation)"),
     harmless: str = typer.Option("bundled:harmless:test", help="held-out harmless prompts (addition)"),
-    limit: int = typer.Option(32, help="prompts per set"),
+    limit: int = typer.Option(32, min=1, help="prompts per set"),
     layer: Optional[int] = typer.Option(None, help="layer to add the direction at (default: selected, else best)"),
     pos: int = typer.Option(-1, help="position whose direction is used"),
     coef: str = typer.Option("harmful-proj", help="addition coefficient: a number, harmful-proj (r̂ᵀ mean harmful) or diff (‖r‖)"),
-    max_new_tokens: int = typer.Option(64, help="tokens generated per answer (greedy)"),
-    batch_size: int = typer.Option(32, help="prompts per generation batch"),
+    max_new_tokens: int = typer.Option(64, min=1, help="tokens generated per answer (greedy)"),
+    batch_size: int = typer.Option(32, min=1, help="prompts per generation batch"),
     precision: str = typer.Option("auto", help="auto, fp32, bf16 or fp16"),
     derivative: bool = typer.Option(False, "--derivative", help="the model is a fine-tuned copy of the direction's model"),
+    force: bool = typer.Option(False, "--force", help="replace a steering.json already in --out"),
 ) -> None:
     """Refusal rates with the direction ablated (harmful prompts) and added (harmless prompts)."""
-    from ..io import provenance, write_json
+    from ..data import load_source
+    from ..io import claim_output_folder, provenance, write_json
     from ..direction.artifact import RefusalDirection
     from ..direction.steering import steering_check
+
+    claim_output_folder(out, ("steering.json",), force=force, what="steering check")  # before the generation
 
     try:
         coef_value: float | str = float(coef)
     except ValueError:
         coef_value = coef
-    with _user_errors():
-        rd = RefusalDirection.from_pretrained(direction_dir)
-        m, tok = _load(model or rd.info["model"], precision)
-        t0 = time.perf_counter()
-        report = steering_check(m, tok, rd, harmful_source=harmful, harmless_source=harmless, limit=limit,
-                                layer=layer, pos=pos, coef=coef_value, max_new_tokens=max_new_tokens,
-                                batch_size=batch_size, derivative=derivative)
+    rd = RefusalDirection.from_pretrained(direction_dir)
+    load_source(harmful, limit=limit), load_source(harmless, limit=limit)  # an unknown or empty source: before the model
+    m, tok = _load(model or rd.info["model"], precision)
+    t0 = time.perf_counter()
+    report = steering_check(m, tok, rd, harmful_source=harmful, harmless_source=harmless, limit=limit,
+                            layer=layer, pos=pos, coef=coef_value, max_new_tokens=max_new_tokens,
+                            batch_size=batch_size, derivative=derivative)
     report.update(direction=str(direction_dir), model=model or rd.info["model"], harmful=harmful,
                   harmless=harmless, runtime_s=round(time.perf_counter() - t0, 1), provenance=provenance())
     write_json(out / "steering.json", report)
@@ -320,8 +314,11 @@ def drift_command(
     out: Path = typer.Option(..., "--out", "-o", help="folder for the drift reports (OUT/<label>/drift.json) and the plots"),
     base: Optional[str] = typer.Option(None, help="base model of LoRA adapter checkpoints (default: the reference's model)"),
     pos: int = typer.Option(-1, help="position reported (offset from the prompt end)"),
-    batch_size: Optional[int] = typer.Option(None, help="prompts per forward pass (default: as at extraction)"),
+    batch_size: Optional[int] = typer.Option(None, min=1, help="prompts per forward pass (default: as at extraction)"),
     precision: str = typer.Option("auto", help="auto, fp32, bf16 or fp16"),
+    allow_direction_mismatch: bool = typer.Option(False, "--allow-direction-mismatch",
+                                                  help="accept checkpoints whose base is not the reference's model"),
+    force: bool = typer.Option(False, "--force", help="replace drift reports already in --out"),
 ) -> None:
     """Per-layer cosine between the reference direction and each checkpoint's, same prompts.
 
@@ -334,26 +331,41 @@ def drift_command(
 
     from ..report.plots import plot_drift
     from ..direction.artifact import RefusalDirection
-    from ..direction.drift import drift_report, is_adapter_dir, load_checkpoint, write_drift
+    from ..direction.drift import (check_checkpoint_base, drift_report, is_adapter_dir, load_checkpoint,
+                                   write_drift)
+    from ..io import claim_output_folder
+    from ..models import resolve_model_path
 
-    reports, paths = [], []
-    with _user_errors():
-        ref = RefusalDirection.from_pretrained(reference)
-        ref.pos_index(pos)  # an unknown position fails before any checkpoint is loaded
-        base_model = base or ref.info.get("model")
-        for ckpt in checkpoint:
-            adapter = is_adapter_dir(ckpt)
-            with console.status(f"loading {ckpt}"):
-                m, tok = load_checkpoint(ckpt, base=base_model, precision=precision)
-            with console.status(f"re-extracting on {ckpt}"), warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # a checkpoint's fingerprint differs by design
-                report = drift_report(ref, m, tok, reference_path=reference, pos=pos, batch_size=batch_size,
-                                      model_name=base_model if adapter else ckpt, adapter=ckpt if adapter else None,
-                                      by_position=True)
-            report.update(label=_label(ckpt, [r["label"] for r in reports]), checkpoint=ckpt)
-            paths.append(write_drift(out / report["label"], report))
-            reports.append(report)
-            del m
+    ref = RefusalDirection.from_pretrained(reference)
+    ref.pos_index(pos)  # an unknown position fails before any checkpoint is loaded
+    base_model = base or ref.info.get("model")
+    labels: list[str] = []
+    for ckpt in checkpoint:  # every checkpoint exists before the first is loaded
+        if not is_adapter_dir(ckpt):
+            resolve_model_path(ckpt)
+        elif not base_model:
+            raise ValueError(f"{ckpt} is a LoRA adapter folder; pass the base model (--base)")
+        labels.append(_label(ckpt, labels))
+    done = [f"{label}/drift.json" for label in labels] + ["drift_heatmap.png"]
+    claim_output_folder(out, tuple(done), force=force, what="drift report")  # before any work
+    reports = []
+    for ckpt, label in zip(checkpoint, labels):
+        adapter = is_adapter_dir(ckpt)
+        with console.status(f"loading {ckpt}"):
+            m, tok = load_checkpoint(ckpt, base=base_model, precision=precision)
+        base_check = check_checkpoint_base(ref, m, ckpt, allow_mismatch=allow_direction_mismatch)
+        if base_check == "unverified":
+            console.print(f"[yellow]{ckpt}: a full model from elsewhere; whether it was trained from the reference's "
+                          f"model ({ref.info.get('model')}) cannot be checked[/yellow]")
+        with console.status(f"re-extracting on {ckpt}"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the checkpoint's own fingerprint differs by design; its base is checked above
+            report = drift_report(ref, m, tok, reference_path=reference, pos=pos, batch_size=batch_size,
+                                  model_name=base_model if adapter else ckpt, adapter=ckpt if adapter else None,
+                                  by_position=True)
+        report.update(label=label, checkpoint=ckpt)  # the experiment's 06_drift schema (the base check is printed)
+        reports.append(report)
+        del m
+    paths = [write_drift(out / r["label"], r) for r in reports]  # all at the end: an interrupted run leaves none
     heat, lines = plot_drift([r["label"] for r in reports], [r["cos"] for r in reports], out / "drift")
     t = Table(title=f"cos(r_ref, r_ckpt) per layer, position {pos}")
     t.add_column("layer", justify="right")

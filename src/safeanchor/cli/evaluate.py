@@ -6,7 +6,6 @@ from typing import List, Optional
 
 import typer
 
-from . import debug_reraise
 from rich.console import Console
 
 console = Console(stderr=True)
@@ -43,62 +42,41 @@ def eval_command(
     quiet: bool = typer.Option(False, "--quiet", help="no progress bars"),
 ) -> None:
     """Safety (ASR, HS, flagged rate, over-refusal) and task accuracy of a model, to eval.json."""
-    from ..distributed import DuplicatedRunError, is_main, join_launch
+    from ..distributed import is_main, join_launch
     from ..evaluate.results import EVAL_FILE
     from ..io import claim_output_folder
+    from ..models import check_device, choose_precision
 
-    try:
-        join_launch()  # under torchrun: the ranks share the prompts; the main one writes eval.json
-    except DuplicatedRunError as e:
-        debug_reraise()
-        console.print(f"[red]error:[/red] {e}")
-        raise typer.Exit(2)
+    join_launch()  # under torchrun: the ranks share the prompts; the main one writes eval.json
     if out and is_main():  # before the (long) generation: a finished eval.json, or a folder that cannot be written
-        try:
-            claim_output_folder(out, (EVAL_FILE,), force=force, what="evaluation")
-        except (FileExistsError, FileNotFoundError) as e:
-            debug_reraise()
-            console.print(f"[red]error:[/red] {e}")
-            raise typer.Exit(2)
-    from ..data import DataError
+        claim_output_folder(out, (EVAL_FILE,), force=force, what="evaluation")
     from ..models import load_model
     from ..evaluate.classifier import ClassifierConfig
-    from ..evaluate.llm_judge import JudgeConnectionError, JudgeOutputError, LLMJudgeConfig
+    from ..evaluate.llm_judge import LLMJudgeConfig
     from ..evaluate.results import summary_table, write_eval
-    from ..evaluate.suite import DEFAULT_TASKS, EvalConfig, evaluate_model
+    from ..evaluate.suite import DEFAULT_TASKS, EvalConfig, evaluate_model, load_eval_inputs
 
-    def sources(values, default):
+    def sources(values, default, option):
         values = list(values) if values else list(default)
+        if "none" in [v.lower() for v in values] and len(values) > 1:
+            raise ValueError(f"{option} none means no source; it cannot be combined with others ({values})")
         return () if [v.lower() for v in values] == ["none"] else tuple(values)
 
-    try:
-        cfg = EvalConfig(
-            harmful=sources(harmful, ("bundled:harmful:test",)), harmless=sources(harmless, ("bundled:harmless:test",)),
-            tasks=sources(task, DEFAULT_TASKS), limit=limit, task_limit=task_limit, max_new_tokens=max_new_tokens,
-            task_max_new_tokens=task_max_new_tokens, batch_size=batch_size, backend=backend, keyword_mode=keyword_mode,
-            keyword_prefix_chars=prefix_chars, keyword_phrase_set=phrase_set, llm_judge=llm_judge,
-            llm_judge_config=LLMJudgeConfig.from_env(url=judge_url, model=judge_model, concurrency=judge_concurrency,
-                                                     timeout_s=judge_timeout),
-            classifier=ClassifierConfig(path=classifier, threshold=classifier_threshold,
-                                        unsafe_labels=tuple(x.strip() for x in classifier_labels.split(",")) if classifier_labels else None)
-            if classifier else None,
-            seed=seed, model_name=model, adapter=adapter, progress=not quiet)
-    except ValueError as e:
-        debug_reraise()
-        console.print(f"[red]error:[/red] {e}")
-        raise typer.Exit(2)
-    try:
-        m, tok = load_model(model, device=device, precision=precision, adapter=adapter)
-    except FileNotFoundError as e:
-        debug_reraise()
-        console.print(f"[red]error:[/red] {e}")
-        raise typer.Exit(2)
-    try:
-        result = evaluate_model(m, tok, cfg)
-    except (DataError, JudgeConnectionError, JudgeOutputError) as e:
-        debug_reraise()
-        console.print(f"[red]error:[/red] {e}")
-        raise typer.Exit(1)
+    cfg = EvalConfig(
+        harmful=sources(harmful, ("bundled:harmful:test",), "--harmful"),
+        harmless=sources(harmless, ("bundled:harmless:test",), "--harmless"), tasks=sources(task, DEFAULT_TASKS, "--task"), limit=limit, task_limit=task_limit, max_new_tokens=max_new_tokens,
+        task_max_new_tokens=task_max_new_tokens, batch_size=batch_size, backend=backend, keyword_mode=keyword_mode,
+        keyword_prefix_chars=prefix_chars, keyword_phrase_set=phrase_set, llm_judge=llm_judge,
+        llm_judge_config=LLMJudgeConfig.from_env(url=judge_url, model=judge_model, concurrency=judge_concurrency,
+                                                 timeout_s=judge_timeout),
+        classifier=ClassifierConfig(path=classifier, threshold=classifier_threshold,
+                                    unsafe_labels=tuple(x.strip() for x in classifier_labels.split(",")) if classifier_labels else None)
+        if classifier else None,
+        seed=seed, model_name=model, adapter=adapter, progress=not quiet)
+    choose_precision(check_device(device), precision)  # options, data and judge before the model: seconds, not minutes
+    load_eval_inputs(cfg)
+    m, tok = load_model(model, device=device, precision=precision, adapter=adapter)
+    result = evaluate_model(m, tok, cfg)
     if not is_main():
         return
     Console().print(summary_table(result))
@@ -124,19 +102,23 @@ def serve_command(
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, ..."),
 ) -> None:
     """Serve a model over an OpenAI-compatible /v1/chat/completions endpoint (e.g. as an llm judge)."""
-    from ..models import load_model
-    from ..evaluate.serve import ServeConfig, make_server
+    from ..models import check_device, choose_precision, load_model
+    from ..evaluate.serve import ServeConfig, bind_server, make_server, server_url
 
+    # options, then the socket, before the (long) model load: a bad option or a port in use is one line
+    # (the command guard's ValueError / OSError rule) in a second, not a traceback after minutes
     cfg = ServeConfig(host=host, port=port, model_name=model_name or model, max_new_tokens=max_new_tokens,
                       judge_format=judge_format, response_prefix=response_prefix)
-    m, tok = load_model(model, device=device, precision=precision, adapter=adapter)
-    server = make_server(m, tok, cfg)
-    h, p = server.server_address[:2]
-    console.print(f"serving {cfg.model_name} at http://{h}:{p}/v1 (Ctrl-C to stop)")
+    choose_precision(check_device(device), precision)
+    server = bind_server(cfg)  # OSError "cannot listen on HOST:PORT: <reason>"
     try:
-        server.serve_forever(poll_interval=0.5)
-    except KeyboardInterrupt:
-        pass
+        m, tok = load_model(model, device=device, precision=precision, adapter=adapter)
+        make_server(m, tok, cfg, server=server)
+        console.print(f"serving {cfg.model_name} at {server_url(server)} (Ctrl-C to stop)")
+        try:
+            server.serve_forever(poll_interval=0.5)
+        except KeyboardInterrupt:
+            pass
     finally:
         server.server_close()
 

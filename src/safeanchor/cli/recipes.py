@@ -8,11 +8,11 @@ from typing import Optional
 
 import typer
 
-from . import debug_reraise
 from rich.console import Console
 from rich.table import Table
 
 console = Console()
+
 
 def align(
     base: str = typer.Option("embedded:smollm2-135m-instruct", help="instruct model that does not refuse yet"),
@@ -53,14 +53,9 @@ def align(
             if v is not None}
     if extra_harmful is not None:
         opts["extra_harmful_source"] = None if extra_harmful.lower() in ("", "none") else extra_harmful
-    try:
-        if base == DEFAULT_BASE and not (out.exists() and any(out.iterdir())):
-            console.print(f"building into {out} (about {BUILD_SECONDS / 60:.0f} min on a 2-core CPU with the defaults)")
-        info = build_safe_model(base, out, force=force, seed=seed, **opts)
-    except (FileExistsError, ValueError) as e:
-        debug_reraise()
-        console.print(f"[red]error:[/red] {e}")
-        raise typer.Exit(2)
+    if base == DEFAULT_BASE and not (out.exists() and any(out.iterdir())):
+        console.print(f"building into {out} (about {BUILD_SECONDS / 60:.0f} min on a 2-core CPU with the defaults)")
+    info = build_safe_model(base, out, force=force, seed=seed, **opts)
     t = Table("split", "harmful refused", "harmless refused", title=f"aligned model -> {out}")
     for split, row in info["eval"].items():
         t.add_row(split, f"{row['harmful_refusal_rate']:.1%} of {row['n_harmful']}",
@@ -82,28 +77,25 @@ def safe_lora(
                                         "cosine (relative mode)"),
     k: int = typer.Option(10, help="modules to project (number mode)"),
     device: str = typer.Option("cpu", help="device for the computation"),
+    force: bool = typer.Option(False, "--force", help="replace a Safe LoRA result already in --out"),
 ) -> None:
     """Safe LoRA: project the LoRA modules least aligned with W_aligned - W_unaligned (B <- C B)."""
-    from ..methods.weight_direction import AlignmentDirectionError
     from ..methods.asft import unaligned_from_alignment_stage
-    from ..methods.safe_lora import MODES, REPORT_FILE, apply_safe_lora, save_projected_adapter
-    from ..models import load_model
+    from ..methods.safe_lora import REPORT_FILE, apply_safe_lora, check_options, check_output, save_projected_adapter
+    from ..models import check_device, load_model, resolve_model_path
 
-    if mode not in MODES:
-        console.print(f"[red]error:[/red] --mode must be one of {', '.join(MODES)}, got {mode!r}")
-        raise typer.Exit(2)
+    check_options(mode, tau, k)  # options, output folder and the other models before the (slow) loads
+    check_output(out, force=force)
+    check_device(device)
+    for name in (aligned, unaligned):
+        if name is not None:
+            resolve_model_path(name)
     model, _ = load_model(base, device=device, precision="fp32", adapter=str(adapter))
     unaligned = unaligned or unaligned_from_alignment_stage(model)
     if unaligned is None:
-        console.print("[red]error:[/red] --unaligned is required (BASE has no alignment.json naming its base model)")
-        raise typer.Exit(2)
-    try:
-        report = apply_safe_lora(model, aligned, unaligned, mode=mode, threshold=tau, k=k)
-        save_projected_adapter(model, report, out, base_model=base, adapter=str(adapter))
-    except (AlignmentDirectionError, FileExistsError, ValueError) as e:
-        debug_reraise()
-        console.print(f"[red]error:[/red] {e}")
-        raise typer.Exit(2)
+        raise ValueError("--unaligned is required (BASE has no alignment.json naming its base model)")
+    report = apply_safe_lora(model, aligned, unaligned, mode=mode, threshold=tau, k=k)
+    save_projected_adapter(model, report, out, force=force, base_model=base, adapter=str(adapter))
     t = Table("module", "similarity", "isotropic cos", "eff. rank V", "‖V‖_F", "‖BA‖_F", "projected",
               title=f"Safe LoRA ({mode}, {'k=' + str(k) if mode == 'number' else 'tau=' + str(tau)})")
     for m in sorted(report.modules, key=lambda m: (m.similarity is None, m.similarity or 0.0)):

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from ..io import load_tensors, provenance, read_json, save_tensors, write_json
+from ..io import ArtifactError, load_tensors, provenance, read_json, save_tensors, write_json
 
 TENSORS_FILE = "direction.safetensors"
 INFO_FILE = "direction.json"
@@ -156,10 +156,20 @@ class RefusalDirection:
                 raise FileNotFoundError(f"{p} not found: {directory} is not a refusal-direction artifact "
                                         "(written by `safeanchor direction`)")
         info = read_json(info_path)
-        if info.get("format") != FORMAT:
-            raise ValueError(f"{info_path}: unknown format {info.get('format')!r}, expected {FORMAT!r}")
+        if not isinstance(info, dict) or info.get("format") != FORMAT:
+            raise ArtifactError(f"{info_path}: unknown format {info.get('format') if isinstance(info, dict) else info!r}, "
+                                f"expected {FORMAT!r}")
+        missing = [k for k in ("n_layers", "hidden_size", "positions") if k not in info]
+        if missing:
+            raise ArtifactError(f"{info_path}: missing field(s) {', '.join(missing)} (a damaged or hand-edited file?)")
         t = load_tensors(tensors_path)
-        rd = cls(t["harmful_mean"], t["harmless_mean"], info)
+        absent = [k for k in ("harmful_mean", "harmless_mean") if k not in t]
+        if absent:
+            raise ArtifactError(f"{tensors_path}: missing tensor(s) {', '.join(absent)}")
+        try:
+            rd = cls(t["harmful_mean"], t["harmless_mean"], info)
+        except ValueError as e:
+            raise ArtifactError(f"{tensors_path}: {e}") from None
         if rd.n_layers != info["n_layers"] or rd.hidden_size != info["hidden_size"]:
             raise ValueError(f"{directory}: tensor shapes {tuple(rd.harmful_mean.shape)} disagree with "
                              f"{INFO_FILE} (n_layers={info['n_layers']}, hidden_size={info['hidden_size']})")

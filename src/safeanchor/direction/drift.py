@@ -225,6 +225,38 @@ def load_checkpoint(path: str, *, base: str | None, precision: str = "auto"):
     return load_model(path, precision=precision)
 
 
+def check_checkpoint_base(ref, model, checkpoint: str, *, allow_mismatch: bool = False) -> str:
+    """Was ``checkpoint`` trained from the model ``ref`` was extracted from? Drift is only meaningful
+    against the start model's own direction. A LoRA adapter: its base (as loaded) must be the
+    direction's model; a full checkpoint saved by ``safeanchor train``: the base it recorded must be.
+    Returns ``"verified"`` or ``"unverified"`` (a full checkpoint from elsewhere, or a direction saved
+    before fingerprints were recorded); a mismatch is an ``IncompatibleDirectionError`` unless
+    ``allow_mismatch``."""
+    from ..models import base_fingerprints, model_fingerprint, recorded_base_fingerprint, same_base
+    from .artifact import IncompatibleDirectionError
+
+    ref_fps = ref.info.get("weights_fingerprints")
+    if hasattr(model, "peft_config"):
+        if ref_fps:
+            ok = same_base(ref_fps, base_fingerprints(model) or {})
+        else:
+            ok = model_fingerprint(model, base_only=True) == ref.info.get("fingerprint")
+        what = "the base it is loaded on"
+    else:
+        recorded = recorded_base_fingerprint(checkpoint)
+        if recorded is None or not ref_fps:
+            return "unverified"
+        ok = same_base(recorded[1], ref_fps)
+        what = f"the base it was trained on ({recorded[0]})"
+    if not ok and not allow_mismatch:
+        raise IncompatibleDirectionError(
+            f"{checkpoint}: {what} is not the model the reference direction was extracted from "
+            f"({ref.info.get('model')!r}, fingerprint {ref.info.get('fingerprint')}); drift compares a fine-tuned "
+            "model with its start model's direction. Use that model's direction, or pass --allow-direction-mismatch "
+            "if the weights are the same")
+    return "verified" if ok else "mismatch allowed"
+
+
 def drift_summary(cos: torch.Tensor) -> dict:
     """``{"mean", "min", "argmin"}`` of one row of per-layer cosines, ignoring undefined (NaN) layers
     (the training callback's figures; a drift report has its own ``cos_mean`` / ``cos_min``)."""

@@ -230,7 +230,7 @@ def extract_direction(model, tokenizer, config: ExtractConfig | None = None, *,
     >>> rd = extract_direction(model, tok, ExtractConfig(limit=32))  # doctest: +SKIP
     >>> rd.save_pretrained("runs/direction")                         # doctest: +SKIP
     """
-    from ..models import model_fingerprint
+    from ..models import model_fingerprint, weights_fingerprints
 
     cfg = config or ExtractConfig()
     data = {}
@@ -242,6 +242,9 @@ def extract_direction(model, tokenizer, config: ExtractConfig | None = None, *,
             recs = list(given)
             info = {"source": None, "limit": None, "seed": None, "count": len(recs), "sha256": prompts_digest(recs)}
         sets[name], data[name] = recs, info
+    if prompts_digest(sets["harmful"]) == prompts_digest(sets["harmless"]):
+        raise ValueError(f"the harmful and harmless prompts are the same ({cfg.harmful} and {cfg.harmless}): "
+                         "their difference in means is zero; give two different sets")
     if cfg.positions == "last":
         offsets = [-1]
     else:
@@ -249,6 +252,9 @@ def extract_direction(model, tokenizer, config: ExtractConfig | None = None, *,
     kw = dict(offsets=offsets, batch_size=cfg.batch_size, max_length=cfg.max_length, padding_side=cfg.padding_side)
     mu_h = mean_activations(model, tokenizer, sets["harmful"], **kw)  # (P, L, D)
     mu_b = mean_activations(model, tokenizer, sets["harmless"], **kw)  # (P, L, D)
+    if bool((mu_h == mu_b).all()):
+        raise ValueError(f"the harmful and harmless prompts ({cfg.harmful}, {cfg.harmless}) give the same mean "
+                         "activations at every layer: the direction would be zero")
 
     some_prompt = encode_prompt(tokenizer, sets["harmful"][0], max_length=cfg.max_length)
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
@@ -256,6 +262,7 @@ def extract_direction(model, tokenizer, config: ExtractConfig | None = None, *,
         "model": getattr(model, "safeanchor_source", None) or getattr(base.config, "_name_or_path", None) or None,
         "model_type": base.config.model_type,
         "fingerprint": model_fingerprint(model),
+        "weights_fingerprints": weights_fingerprints(model),  # the same weights in any precision: a shared one
         "n_layers": int(mu_h.shape[1]),
         "hidden_size": int(mu_h.shape[2]),
         "positions": offsets,

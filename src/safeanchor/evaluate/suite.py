@@ -120,6 +120,31 @@ def stratified_head(records: list, limit: int | None) -> list:
     return [records[i] for i in chosen]
 
 
+def load_eval_inputs(cfg: EvalConfig):
+    """The prompts and task records ``cfg`` names, loaded and checked: ``(safety, data, tasks)`` with
+    ``safety`` = ``(kind, source, record)`` rows, ``data`` the counts per source for eval.json and
+    ``tasks`` = ``(name, scorer, records)``. Cheap (no model), so commands call it before loading
+    one: an unknown source, an empty file or a missing judge URL fails in seconds."""
+    from ..data import load_source
+    from .tasks import load_task_records, resolve_scorer
+
+    cfg.resolved_llm_config()  # llm_judge='on' without a URL fails here
+    safety: list[tuple[str, str, Any]] = []
+    data: dict[str, list[dict]] = {"harmful": [], "harmless": [], "tasks": []}
+    for kind in ("harmful", "harmless"):
+        for src in getattr(cfg, kind):
+            recs = stratified_head(load_source(src), cfg.limit)
+            safety += [(kind, src, r) for r in recs]
+            data[kind].append({"source": src, "n": len(recs)})
+    tasks = []
+    for name in cfg.tasks:
+        display, src, recs = load_task_records(name, limit=cfg.task_limit or cfg.limit)
+        scorer = resolve_scorer(display, recs)
+        tasks.append((display, scorer, recs))
+        data["tasks"].append({"task": display, "source": src, "n": len(recs), "scorer": scorer})
+    return safety, data, tasks
+
+
 def evaluate_model(model, tokenizer, config: EvalConfig | None = None) -> dict[str, Any]:
     """Evaluate ``model``; returns the dict written to ``eval.json`` (summary + per-prompt records).
 
@@ -133,7 +158,7 @@ def evaluate_model(model, tokenizer, config: EvalConfig | None = None) -> dict[s
     from .generate import decoding_settings, generate, resolve_backend
     from .llm_judge import LLMJudge
     from .safety import summarise_sources
-    from .tasks import load_task_records, resolve_scorer, task_accuracy
+    from .tasks import task_accuracy
 
     cfg = config or EvalConfig()
     t0 = time.perf_counter()
@@ -148,21 +173,7 @@ def evaluate_model(model, tokenizer, config: EvalConfig | None = None) -> dict[s
         classifier = ClassifierJudge(cfg.classifier)
 
     # 1. data
-    from ..data import load_source
-
-    safety: list[tuple[str, str, Any]] = []  # (kind, source, record)
-    data: dict[str, list[dict]] = {"harmful": [], "harmless": [], "tasks": []}
-    for kind in ("harmful", "harmless"):
-        for src in getattr(cfg, kind):
-            recs = stratified_head(load_source(src), cfg.limit)
-            safety += [(kind, src, r) for r in recs]
-            data[kind].append({"source": src, "n": len(recs)})
-    tasks = []
-    for name in cfg.tasks:
-        display, src, recs = load_task_records(name, limit=cfg.task_limit or cfg.limit)
-        scorer = resolve_scorer(display, recs)
-        tasks.append((display, scorer, recs))
-        data["tasks"].append({"task": display, "source": src, "n": len(recs), "scorer": scorer})
+    safety, data, tasks = load_eval_inputs(cfg)
 
     # 2. generation: one call per distinct length budget, so batches mix sources
     task_tokens = cfg.task_max_new_tokens or cfg.max_new_tokens

@@ -148,14 +148,7 @@ def apply_safe_lora(
     >>> # rep.n_projected
     >>> # 10
     """
-    if mode not in MODES:
-        raise ValueError(f"safe_lora mode must be one of {', '.join(MODES)}, got {mode!r}")
-    if mode == "threshold" and not -1.0 <= threshold <= 1.0:
-        raise ValueError(f"safe_lora threshold must be a cosine in [-1, 1], got {threshold}")
-    if mode == "relative" and not threshold >= 0.0:
-        raise ValueError(f"safe_lora relative threshold must be >= 0 (a multiple of the isotropic cosine), got {threshold}")
-    if mode == "number" and k < 0:
-        raise ValueError(f"safe_lora k must be >= 0, got {k}")
+    check_options(mode, threshold, k)
     modules = lora_modules(peft_model, target_modules)
     if not modules:
         raise ValueError(f"safe_lora: the model has no LoRA module{' matching ' + str(target_modules) if target_modules else ''}")
@@ -187,25 +180,55 @@ def apply_safe_lora(
     return report
 
 
-def save_projected_adapter(peft_model, report: SafeLoRAReport, out_dir: str | Path, **provenance_extra: Any) -> Path:
-    """Write the projected adapter and ``safe_lora_report.json`` to ``out_dir`` atomically.
+def check_options(mode: str, threshold: float, k: int) -> None:
+    """The projection's options, checked before any model is loaded."""
+    if mode not in MODES:
+        raise ValueError(f"safe_lora mode must be one of {', '.join(MODES)}, got {mode!r}")
+    if mode == "threshold" and not -1.0 <= threshold <= 1.0:
+        raise ValueError(f"safe_lora threshold must be a cosine in [-1, 1], got {threshold}")
+    if mode == "relative" and not threshold >= 0.0:
+        raise ValueError(f"safe_lora relative threshold must be >= 0 (a multiple of the isotropic cosine), got {threshold}")
+    if mode == "number" and (isinstance(k, bool) or not isinstance(k, int) or k < 0):
+        raise ValueError(f"safe_lora k must be an integer >= 0, got {k!r}")
 
-    Everything goes into a sibling temp folder that is renamed to ``out_dir`` at the end, so an
-    interrupted run leaves no half-written adapter. ``out_dir`` must not exist or be empty.
-    """
-    from ..io import atomic_dir, provenance, write_json
+
+def check_output(out_dir: str | Path, *, force: bool = False) -> Path:
+    """Before any work: ``out_dir`` is free (absent or empty), or holds a finished projection and
+    ``force`` replaces it; its parent (where the temp folder is built) is writable."""
+    from ..io import claim_output_folder
 
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()):
-        raise FileExistsError(f"{out} exists and is not empty; choose another --out")
-    if out.exists():
-        out.rmdir()  # empty (checked above); the rename needs the name free
+        if not (out / REPORT_FILE).is_file():
+            names = sorted(p.name for p in out.iterdir())
+            raise FileExistsError(f"{out} holds files that are not a Safe LoRA result ({', '.join(names[:6])}); "
+                                  "choose another --out; nothing was changed")
+        if not force:
+            raise FileExistsError(f"{out} already holds a finished Safe LoRA projection ({REPORT_FILE}); nothing was "
+                                  "changed. Choose another --out, or pass --force to replace it")
+    claim_output_folder(out.parent, ())
+    return out
+
+
+def save_projected_adapter(peft_model, report: SafeLoRAReport, out_dir: str | Path, *, force: bool = False,
+                           **provenance_extra: Any) -> Path:
+    """Write the projected adapter and ``safe_lora_report.json`` to ``out_dir`` atomically.
+
+    Everything goes into a sibling temp folder that is renamed to ``out_dir`` at the end, so an
+    interrupted run leaves no half-written adapter. ``out_dir`` must be absent or empty, or hold a
+    finished projection that ``force`` replaces (only once the new one is complete).
+    """
+    from ..io import atomic_dir, provenance, write_json
+
+    out = check_output(out_dir, force=force)
+    if out.exists() and not any(out.iterdir()):
+        out.rmdir()  # empty: the rename needs the name free
 
     def build(tmp: Path) -> None:
         peft_model.save_pretrained(str(tmp))
         write_json(tmp / REPORT_FILE, {**report.to_dict(), "provenance": provenance(**provenance_extra)})
 
-    atomic_dir(out, build)
+    atomic_dir(out, build, if_exists="replace" if force else "error")
     return out
 
 

@@ -153,21 +153,35 @@ def build_safe_model(base: str = DEFAULT_BASE, out_dir: str | Path = "runs/safe-
     """
     from ..models import is_built
 
+    from ..io import claim_output_folder
+
     cfg = AlignConfig.from_options(**opts)
     out = Path(out_dir)
-    if out.exists() and any(out.iterdir()) and not force:
-        raise FileExistsError(f"{out} already exists{' (a built model)' if is_built(out) else ''}; "
-                              "pass force=True (--force) to rebuild it")
-    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.exists() and any(out.iterdir()):
+        if not force:
+            raise FileExistsError(f"{out} already exists{' (a built model)' if is_built(out) else ''}; "
+                                  "pass force=True (--force) to rebuild it")
+        if not is_built(out):  # --force replaces a build, never a folder of something else
+            names = sorted(p.name for p in out.iterdir())
+            raise FileExistsError(f"{out} holds files that are not a model built by safeanchor align "
+                                  f"({', '.join(names[:6])}{', ...' if len(names) > 6 else ''}); --force only "
+                                  "replaces a build. Choose another --out; nothing was changed")
+    claim_output_folder(out.parent, ())  # the build folder goes beside out: that folder must be writable
     partial = f".{out.name}.partial"
     wanted = {"recipe": RECIPE, "base_model": base, "config": json.loads(json.dumps(asdict(cfg)))}
     marker = out.parent / partial / STAGE_DIR / PARTIAL_CONFIG
     if marker.parent.parent.exists():
-        if marker.is_file() and read_json(marker) == wanted:
+        found = read_json(marker) if marker.is_file() else None
+        if found == wanted:
             log.info("resuming the alignment build in %s", marker.parent.parent)
-        else:
+        elif force or found is None:  # on purpose, or a build that had not even recorded its settings
             log.warning("%s holds an unfinished build with other settings; starting over", marker.parent.parent)
             shutil.rmtree(marker.parent.parent)
+        else:
+            raise FileExistsError(
+                f"{marker.parent.parent} holds an unfinished build with other settings "
+                f"({'; '.join(build_differences(found, wanted))}); rerun with the same options to resume it, "
+                "or pass --force to discard its finished stages and start over")
 
     def build(work: Path) -> dict[str, Any]:
         (work / STAGE_DIR).mkdir(parents=True, exist_ok=True)
@@ -178,6 +192,14 @@ def build_safe_model(base: str = DEFAULT_BASE, out_dir: str | Path = "runs/safe-
 
 
 build_safe_model_atomic = build_safe_model  # the name the CLI used; the build is always atomic now
+
+
+def build_differences(there: dict[str, Any], here: dict[str, Any]) -> list[str]:
+    """``key: old -> new`` for every setting in which two builds' recorded settings differ."""
+    diffs = [f"{k}: {there.get(k)!r} -> {here.get(k)!r}" for k in ("recipe", "base_model") if there.get(k) != here.get(k)]
+    a, b = there.get("config") or {}, here.get("config") or {}
+    diffs += [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+    return diffs
 
 
 # AlignConfig fields that say how a build ran, not what it built
