@@ -349,3 +349,76 @@ def test_pairs_are_matched_by_seed_never_broadcast_between_trained_methods():
     g = next(f for f in claims(o) if f["claim"] == "plain SFT raises ASR over the aligned start"
              and f["judge"] == "extended")
     assert g["n_seeds"] == 2  # the start model (one evaluation) pairs with every seed
+
+
+def _tiny_yaml(tmp_path, model_dir, **override):
+    """A tiny bench as a YAML file; returns the path and each key's line."""
+    import yaml
+
+    d = dict(model=str(model_dir), unaligned_model=str(model_dir), methods=["start", "sft"], train_samples=8,
+             safety_samples=4, epochs=1.0, batch_size=4, eval_limit=2, task_eval_samples=2, direction_samples=8,
+             max_new_tokens=2, task_max_new_tokens=2, max_length=96, precision="fp32", drift=False)
+    d.update(override)
+    path = tmp_path / "bench.yaml"
+    path.write_text(yaml.safe_dump(d, sort_keys=False))
+    from safeanchor.configfile import read_mapping
+
+    return path, read_mapping(path)[1]
+
+
+@pytest.mark.parametrize("override, key, message", [
+    ({"task": "bogus"}, "task", r"task: unknown task 'bogus'; bundled tasks: arithmetic"),
+    ({"eval_harmful": ["bogus:thing"]}, "eval_harmful", r"eval_harmful: unknown data source 'bogus:thing'"),
+    ({"eval_harmless": "file:/no/such/prompts.jsonl"}, "eval_harmless", r"eval_harmless: .*prompts\.jsonl"),
+    ({"max_length": 4}, "max_length", r"method sft: max_length must be an integer >= 8; got 4 \(from the "
+                                      r"experiment's max_length\)"),
+    ({"precision": "bogus"}, "precision", r"precision must be one of auto, fp32, bf16, fp16; got 'bogus'"),
+    ({"seeds": [0, 0]}, "seeds", r"seeds: 0 listed more than once"),
+    ({"eval_harmful": ["bundled:harmful:test", "bundled:harmful:test"]}, "eval_harmful",
+     r"eval_harmful: 'bundled:harmful:test' listed more than once"),
+    ({"methods": ["start", "sft", "x"], "variants": {"x": {"method": "sft", "adam_beta1": 3}}}, "variants",
+     r"method x: adam_beta1 must be a number in \[0, 1\); got 3 \(from variants\.x\)"),
+])
+def test_a_bad_bench_fails_before_any_stage_naming_its_key_and_line(tmp_path, tiny_model_dir, override, key, message):
+    path, lines = _tiny_yaml(tmp_path, tiny_model_dir, **override)
+    out = tmp_path / "out"
+    with pytest.raises(ConfigError, match=rf"bench\.yaml:{lines[key]}: {message}"):
+        run_experiment(ExperimentConfig.from_yaml(path), out)
+    assert not out.exists()  # not even an empty folder
+
+
+def test_extending_a_bench_whose_start_model_or_prompt_file_changed_is_refused(tmp_path, tiny_tokenizer):
+    """New runs would be trained from other weights than the finished ones: refused, nothing written."""
+    import hashlib
+
+    from conftest import make_tiny_llama
+
+    from safeanchor.data import write_jsonl
+
+    model_dir = tmp_path / "start"
+    make_tiny_llama(len(tiny_tokenizer), seed=0).save_pretrained(model_dir)
+    tiny_tokenizer.save_pretrained(model_dir)
+    harmless = tmp_path / "harmless.jsonl"
+    write_jsonl(harmless, [{"id": f"b{i}", "prompt": f"How do I bake bread number {i}?"} for i in range(4)])
+    kw = dict(eval_limit=2, task_eval_samples=2, max_new_tokens=2, task_max_new_tokens=2, drift=False,
+              eval_harmless=f"file:{harmless}")
+    out = tmp_path / "bench"
+    run_experiment(tiny_cfg(model_dir, methods=["start", "sft"], **kw), out)
+
+    def files():
+        return {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in out.rglob("*") if p.is_file()}
+
+    before = files()
+    original = harmless.read_text()
+    harmless.write_text(original.replace("bread", "cake"))  # the same file name, other prompts
+    with pytest.raises(ValueError, match=r"was started with other contents of file:.*harmless\.jsonl .*new --out"):
+        run_experiment(tiny_cfg(model_dir, methods=["start", "sft", "sft_safe"], **kw), out)
+    harmless.write_text(original)
+    make_tiny_llama(len(tiny_tokenizer), seed=1).save_pretrained(model_dir)  # same name, other weights
+    with pytest.raises(ValueError, match=r"was started from .*start with weights fingerprint \w+ \(01_start\), but "
+                                         r".*loads with fingerprint \w+ now .*use a new --out"):
+        run_experiment(tiny_cfg(model_dir, methods=["start", "sft", "sft_safe"], **kw), out)
+    assert files() == before and not (out / "04_train" / "sft_safe-benign-s0").exists()
+    # a rerun with nothing left to do only reports: it needs no model
+    again = run_experiment(tiny_cfg(model_dir, methods=["start", "sft"], **kw), out)
+    assert {r["method"] for r in again["runs"]} == {"start", "sft"}

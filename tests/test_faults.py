@@ -124,6 +124,71 @@ def _load(path: str, **kw):
     return load_model(path, device="cpu", **kw)
 
 
+def _yaml(text: str):
+    """A training config file ``c.yaml`` holding ``text``."""
+    def prepare(tmp: Path, tok) -> dict:
+        (tmp / "c.yaml").write_text(text)
+        return {"path": tmp / "c.yaml"}
+    return prepare
+
+
+def _load_config(tmp: Path, tok, s: dict):
+    from safeanchor.train.config import load_config
+
+    return load_config(s["path"], ["report_to=none"])
+
+
+def _interrupted_run(tmp: Path, tok, *, edit_data: bool = False) -> dict:
+    """A run stopped after its checkpoints were written (no train_report.json)."""
+    s = _checkpointed_run(tmp, tok)
+    (tmp / "run" / "out" / "train_report.json").unlink()
+    if edit_data:  # the same path, other content
+        f = Path(s["data"]["train"][len("file:"):])
+        f.write_text(f.read_text().replace("The answer", "THE ANSWER"))
+    return s
+
+
+def _ckpt_kw(**kw) -> dict:
+    return dict(method="sft", save_strategy="steps", save_steps=2, **kw)
+
+
+def _train_missing_model(tmp: Path, tok, s: dict, **kw):
+    """train() from a model name that does not exist: a check that fails first never loaded it."""
+    from test_train import tiny_config
+    from safeanchor.train import train
+
+    data = s.get("data") or write_data(tmp / "data2")
+    return train(tiny_config(tmp / "run", data, model=str(tmp / "no-such-model"), method="sft", **kw))
+
+
+def _with_user_file(tmp: Path, tok) -> dict:
+    s = _finished_run(tmp, tok)
+    (tmp / "run" / "out" / "notes.txt").write_text("my notes")
+    return s
+
+
+def _bench_yaml(text: str):
+    def prepare(tmp: Path, tok) -> dict:
+        (tmp / "bench.yaml").write_text(text)
+        return {"path": tmp / "bench.yaml"}
+    return prepare
+
+
+class CliFailed(Exception):
+    """A CLI invocation that exited non-zero; the message is its output."""
+
+
+def _cli(*args: str):
+    from typer.testing import CliRunner
+
+    from safeanchor.cli import app
+
+    res = CliRunner().invoke(app, list(args))
+    if res.exit_code != 0:
+        raise CliFailed(" ".join(res.output.split()))
+    return res
+
+
 FAULTS = [
     Fault("train into a finished run's folder", _finished_run,
           lambda tmp, tok, s: run_tiny(tmp / "run", tok, s["data"], method="procon", alpha=0.5),
@@ -170,6 +235,62 @@ FAULTS = [
     Fault("adapter folder without weights", lambda tmp, tok: _adapter_on(tmp, tok, weights=False),
           lambda tmp, tok, s: _load(str(tmp / "base_a"), adapter=str(tmp / "adapter")),
           FileNotFoundError, r"adapter_config\.json but no adapter_model\.safetensors"),
+    # config values checked by type and range before any work, with the file's line
+    Fault("optimizer setting out of range", _yaml("method: sft\nadam_beta1: 5\n"), _load_config,
+          ValueError, r"c\.yaml:2: adam_beta1 must be a number in \[0, 1\); got 5"),
+    Fault("seed that is not an integer", _yaml("method: sft_safe\nsafety_seed: abc\n"), _load_config,
+          ValueError, r"c\.yaml:2: safety_seed must be an integer in \[0, 4294967295\]; got 'abc'"),
+    Fault("an integer where a boolean is declared", _yaml("use_lora: 1\n"), _load_config,
+          ValueError, r"c\.yaml:1: use_lora must be true or false; got 1 \(int\)"),
+    Fault("column mapping that is not a mapping", _yaml("train_columns: prompt\n"), _load_config,
+          ValueError, r"c\.yaml:1: train_columns must be a mapping record field -> column name"),
+    Fault("duplicate key in a YAML config", _yaml("method: procon\nalpha: 0.1\nalpha: 5\n"), _load_config,
+          ValueError, r"c\.yaml:3: duplicate key 'alpha' \(first at line 2\)"),
+    # "the same run": every setting but the output/logging ones, and the data's content
+    Fault("finished run with another optimizer setting", _finished_run,
+          lambda tmp, tok, s: run_tiny(tmp / "run", tok, s["data"], method="sft", adam_beta2=0.5),
+          FileExistsError, r"already holds another run \(differs in: adam_beta2: 0\.999 -> 0\.5\)"),
+    Fault("resume with another optimizer setting", _interrupted_run,
+          lambda tmp, tok, s: run_tiny(tmp / "run", tok, s["data"], **_ckpt_kw(label_smoothing_factor=0.5,
+                                                                               resume_from_checkpoint="last")),
+          ValueError, r"cannot resume from .*checkpoint-6: .*\(label_smoothing_factor: 0\.0 -> 0\.5\)"),
+    Fault("resume after the training data file was edited", lambda tmp, tok: _interrupted_run(tmp, tok, edit_data=True),
+          lambda tmp, tok, s: run_tiny(tmp / "run", tok, s["data"], **_ckpt_kw(resume_from_checkpoint="last")),
+          ValueError, r"cannot resume from .*checkpoint-6: .*content of file:.*train\.jsonl: sha256 \w+… -> \w+… "
+          r"\(the file changed\)"),
+    Fault("fresh run into an interrupted run's folder, other settings", _interrupted_run,
+          lambda tmp, tok, s: run_tiny(tmp / "run", tok, s["data"], **_ckpt_kw(learning_rate=0.5, lora_r=4)),
+          FileExistsError, r"holds an interrupted run with other settings \(differs in: learning_rate: 0\.01 -> 0\.5; "
+          r"lora_r: 8 -> 4\), last saved at checkpoint-6; .*set resume_from_checkpoint=last to continue it, "
+          r"overwrite_output_dir=true to start over, or choose another output_dir"),
+    Fault("fresh run into an interrupted run's folder, same settings", _interrupted_run,
+          lambda tmp, tok, s: run_tiny(tmp / "run", tok, s["data"], **_ckpt_kw()),
+          FileExistsError, r"holds an interrupted run with these same settings, .*resume_from_checkpoint=last"),
+    Fault("resume a finished run", _checkpointed_run,
+          lambda tmp, tok, s: run_tiny(tmp / "run", tok, s["data"], **_ckpt_kw(resume_from_checkpoint="last")),
+          FileExistsError, r"already holds this run, finished \(train_report\.json\): there is nothing left to resume; "
+          r"nothing was changed"),
+    Fault("resume with no checkpoint, found before the model load", lambda tmp, tok: {},
+          lambda tmp, tok, s: _train_missing_model(tmp, tok, s, resume_from_checkpoint="last"),
+          ValueError, r"resume_from_checkpoint=last: no checkpoint found in .*run/out"),
+    Fault("resume from a checkpoint path that does not exist", lambda tmp, tok: {},
+          lambda tmp, tok, s: _train_missing_model(tmp, tok, s, resume_from_checkpoint=str(tmp / "nope" / "checkpoint-4")),
+          ValueError, r"resume_from_checkpoint: checkpoint folder not found: .*nope/checkpoint-4"),
+    Fault("overwrite a folder that also holds a user's file", _with_user_file,
+          lambda tmp, tok, s: run_tiny(tmp / "run", tok, s["data"], method="sft", overwrite_output_dir=True),
+          FileExistsError, r"also holds files that no training run writes \(notes\.txt\); nothing was changed"),
+    # bench: lists without duplicates, everything checked before the first stage
+    Fault("bench seed listed twice", _bench_yaml("preset: quick\nseeds: [0, 0]\n"),
+          lambda tmp, tok, s: __import__("safeanchor.pipelines.experiment", fromlist=["x"]).ExperimentConfig
+          .from_yaml(s["path"]),
+          ValueError, r"bench\.yaml:2: seeds: 0 listed more than once"),
+    Fault("bench method listed twice", _bench_yaml("methods: [start, sft, sft]\n"),
+          lambda tmp, tok, s: __import__("safeanchor.pipelines.experiment", fromlist=["x"]).ExperimentConfig
+          .from_yaml(s["path"]),
+          ValueError, r"bench\.yaml:1: methods: 'sft' listed more than once"),
+    Fault("data show with a negative count", lambda tmp, tok: {"data": write_data(tmp / "data")},
+          lambda tmp, tok, s: _cli("data", "show", s["data"]["train"], "-n", "-3"),
+          CliFailed, r"Invalid value for '-n'"),
 ]
 
 
@@ -230,3 +351,26 @@ def test_debug_flag_shows_the_traceback_of_a_user_mistake(tmp_path):
     assert plain.returncode == 2 and "Traceback" not in plain.stdout + plain.stderr
     assert "num_train_epochs must be a number > 0" in plain.stdout + plain.stderr
     assert debug.returncode != 0 and "ConfigError" in debug.stdout + debug.stderr
+
+
+def test_cli_train_of_a_finished_run_is_a_noop(tmp_path, tiny_model_dir):
+    """``safeanchor train`` of the same finished run again, or resuming it: exit 0, "nothing to do",
+    and the folder byte-identical (a different run into it is refused, exit 2)."""
+    from typer.testing import CliRunner
+
+    from safeanchor.cli import app
+
+    data = write_data(tmp_path / "data")
+    base = ["train", "--set", f"model={tiny_model_dir}", "--set", f"train_data={data['train']}", "--set",
+            f"output_dir={tmp_path / 'run'}", "--set", "report_to=none", "--set", "max_length=64", "--set",
+            "per_device_train_batch_size=8", "--set", "num_train_epochs=1", "--set", "method=sft"]
+    first = CliRunner().invoke(app, base)
+    assert first.exit_code == 0, first.output
+    before = snapshot(tmp_path / "run")
+    for extra in ([], ["--set", "resume_from_checkpoint=last"]):
+        again = CliRunner().invoke(app, base + extra)
+        assert again.exit_code == 0 and "nothing to do" in again.output, again.output
+        assert snapshot(tmp_path / "run") == before
+    other = CliRunner().invoke(app, base + ["--set", "learning_rate=0.5"])
+    assert other.exit_code == 2 and "already holds another run" in " ".join(other.output.split())
+    assert snapshot(tmp_path / "run") == before

@@ -425,3 +425,102 @@ def test_yaml_exponent_without_dot_is_a_float():
     assert cfg.learning_rate == 0.002 and cfg.alpha == 0.1
     with pytest.raises(ConfigError, match="learning_rate.*must be a number"):
         load_config(None, ["learning_rate=fast"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Every field checked by its declared type and range; "the same run"; the output folder
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("override, message", [
+    ("safety_seed=abc", r"safety_seed must be an integer in \[0, 4294967295\]; got 'abc'"),
+    ("data_seed=abc", r"data_seed must be an integer in \[0, 4294967295\] or null; got 'abc'"),
+    ("seed=-1", r"seed must be an integer in \[0, 4294967295\]; got -1"),
+    ("adam_beta1=5", r"adam_beta1 must be a number in \[0, 1\); got 5"),
+    ("adam_beta2=1", r"adam_beta2 must be a number in \[0, 1\); got 1"),
+    ("adam_epsilon=-1e-8", r"adam_epsilon must be a number >= 0"),
+    ("weight_decay=-0.1", r"weight_decay must be a number >= 0"),
+    ("max_grad_norm=-1", r"max_grad_norm must be a number >= 0"),
+    ("label_smoothing_factor=1.5", r"label_smoothing_factor must be a number in \[0, 1\)"),
+    ("lr_scheduler_type=bogus", r"lr_scheduler_type must be one of linear, cosine, .*; got 'bogus'"),
+    ("optim=bogus", r"optim must be one of adamw_torch, .*; got 'bogus'"),
+    ("lora_dropout=1", r"lora_dropout must be a number in \[0, 1\); got 1"),
+    ("lora_r=2.5", r"lora_r must be an integer >= 1; got 2.5"),
+    ("max_length=4", r"max_length must be an integer >= 8; got 4"),
+    ("use_lora=1", r"use_lora must be true or false; got 1 \(int\)"),
+    ("progress=0", r"progress must be true or false; got 0 \(int\)"),
+    ("dataloader_num_workers=-1", r"dataloader_num_workers must be an integer >= 0"),
+    ("optim_args=3", r"optim_args must be a string or null; got 3 \(int\)"),
+    ("lora_target_modules=[1, 2]", r"lora_target_modules must be a list of strings or null; got \[1, 2\]"),
+    ("train_columns=prompt", r"train_columns must be a mapping record field -> column name"),
+    ("train_columns={prompt: 3}", r"train_columns must be a mapping record field -> column name"),
+    ("train_columns={prmpt: instruction}", r"train_columns maps unknown record field\(s\) \['prmpt'\]"),
+])
+def test_every_field_is_checked_by_its_type_and_range(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, [override, "report_to=none"])
+
+
+def test_a_bad_value_in_a_file_names_its_line_also_with_overrides(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("method: sft\nadam_beta2: 2\n")
+    with pytest.raises(ConfigError, match=r"run\.yaml:2: adam_beta2 must be a number in \[0, 1\); got 2"):
+        load_config(path, ["report_to=none"])
+    with pytest.raises(ConfigError, match=r"run\.yaml \(with --set overrides\): adam_beta1 must be"):
+        load_config(path, ["adam_beta1=3", "report_to=none"])
+
+
+def test_the_exempt_settings_are_fields_and_the_rest_is_compared():
+    from safeanchor.train.config import NON_RESULT_KEYS, config_keys, result_settings, setting_differences
+
+    assert NON_RESULT_KEYS <= set(config_keys())  # no typo: each names a field
+    a = load_config(None, ["report_to=none"]).to_yaml_dict()
+    for key in ("adam_beta2", "label_smoothing_factor", "data_seed", "lr_scheduler_kwargs", "neftune_noise_alpha",
+                "seed", "model", "method", "lora_r", "num_train_epochs", "max_steps", "optim"):
+        assert key in result_settings(a), key
+    b = {**a, "adam_beta2": 0.5, "logging_steps": 7, "output_dir": "elsewhere", "save_steps": 3}
+    assert setting_differences(a, b) == ["adam_beta2: 0.999 -> 0.5"]
+    older = {k: v for k, v in a.items() if k != "adam_beta2"}  # as if written before the field existed
+    assert setting_differences(older, a) == []  # it had the default
+    assert setting_differences(older, b) == ["adam_beta2: 0.999 -> 0.5"]
+
+
+def test_overwrite_removes_the_previous_runs_files(tmp_path, tiny_tokenizer, data):
+    """A LoRA run replaced by full fine-tuning leaves no adapter behind: loading the folder gives
+    the new weights (a stale adapter_config.json would be picked up by load_model)."""
+    from safeanchor.models import load_model, model_fingerprint
+
+    run_tiny(tmp_path, tiny_tokenizer, data, method="sft", save_strategy="steps", save_steps=2)
+    out = tmp_path / "out"
+    assert (out / "adapter_model.safetensors").is_file() and (out / "checkpoint-6").is_dir()
+    run_tiny(tmp_path, tiny_tokenizer, data, method="sft", use_lora=False, overwrite_output_dir=True,
+             learning_rate=0.05)
+    names = {p.name for p in out.iterdir()}
+    assert not {n for n in names if n.startswith("adapter_") or n.startswith("checkpoint-")}, names
+    assert "model.safetensors" in names and "README.md" not in names  # PEFT's model card went with the adapter
+    report = json.loads((out / "train_report.json").read_text())
+    assert report["adapter"] == "full" and report["data_fingerprints"]
+    model, _ = load_model(str(out), device="cpu")
+    assert model_fingerprint(model) == report["trained_fingerprint"]
+
+
+def test_resume_accepts_other_logging_and_checkpoint_settings(tmp_path, tiny_tokenizer, data):
+    common = dict(method="sft", save_strategy="steps", save_steps=2, lora_dropout=0.0)
+    full = run_tiny(tmp_path / "full", tiny_tokenizer, data, **common)
+    import shutil
+
+    shutil.copytree(full.output_dir / "checkpoint-4", tmp_path / "resumed" / "out" / "checkpoint-4")
+    state = json.loads((full.output_dir / "checkpoint-4" / "safeanchor_state.json").read_text())
+    assert state["run_config"]["data_fingerprints"][data["train"]]  # the data's sha256 travels with the checkpoint
+    resumed = run_tiny(tmp_path / "resumed", tiny_tokenizer, data, resume_from_checkpoint="last",
+                       logging_steps=3, save_total_limit=1, report_to="tensorboard", **common)
+    assert [r["step"] for r in resumed.steps] == list(range(6))
+    assert resumed.steps[-1]["ce"] == pytest.approx(full.steps[-1]["ce"], rel=1e-5)
+
+
+def test_the_drift_monitor_does_not_change_the_run(tmp_path, tiny_tokenizer, data):
+    """Why drift_* may differ on a resume (NON_RESULT_KEYS): measuring moves no RNG, the steps are identical."""
+    plain = run_tiny(tmp_path / "a", tiny_tokenizer, data, method="sft")  # LoRA dropout on: RNG in use
+    watched = run_tiny(tmp_path / "b", tiny_tokenizer, data, method="sft", drift_every_steps=2,
+                       drift_harmful=data["harmful"], drift_harmless=data["harmless"], drift_samples=6)
+    assert [r["ce"] for r in watched.steps] == [r["ce"] for r in plain.steps]

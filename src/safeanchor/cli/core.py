@@ -68,7 +68,7 @@ data_app = typer.Typer(help="Inspect data sources.", no_args_is_help=True)
 @data_app.command("show")
 def data_show(
     source: str = typer.Argument(..., help="e.g. bundled:harmful:test, harmbench, task:arithmetic:test, file:x.jsonl"),
-    n: int = typer.Option(5, "-n", help="rows to print"),
+    n: int = typer.Option(5, "-n", min=0, help="rows to print (0: the count only)"),
     columns: Optional[str] = typer.Option(None, help="column mapping, e.g. prompt=instruction,response=output"),
 ) -> None:
     """Count the records of SOURCE and print a few."""
@@ -81,6 +81,8 @@ def data_show(
         console.print(f"[red]error:[/red] {e}")
         raise typer.Exit(2)
     console.print(f"[bold]{source}[/bold]: {len(records)} records")
+    if n == 0:
+        return
     t = Table("#", "prompt", "response", "meta")
     for i, r in enumerate(records[:n]):
         t.add_row(str(i), _clip(r.prompt), _clip(r.response or ""), _clip(str({k: v for k, v in r.meta.items() if v is not None})))

@@ -38,7 +38,13 @@ def train_command(
     if show_config:
         console.print(yaml.safe_dump(cfg.to_yaml_dict(), sort_keys=False))
         return
-    result = train(cfg)
+    from ..train.run import RunFinished
+
+    try:
+        result = train(cfg)
+    except RunFinished as e:  # the same run again, or a resume of a finished one: nothing to do, nothing changed
+        console.print(f"[yellow]nothing to do:[/yellow] {e}")
+        return
     if not is_main():  # one process prints the summary, as one wrote the artifacts
         return
     steps = result.steps

@@ -29,7 +29,7 @@ from typing import Any
 
 from rich.console import Console
 
-from ..configfile import ConfigError, check_keys, check_types, located_error, read_mapping
+from ..configfile import ConfigError, check_keys, check_types, located, located_error, read_mapping
 from ..io import read_json, write_json
 from ..methods import get_method, method_names
 from .attack_data import attack_pairs
@@ -57,6 +57,18 @@ def _f(default: Any, help: str, **kw: Any) -> Any:
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda d=default: type(d)(d), metadata={"help": help}, **kw)
     return field(default=default, metadata={"help": help}, **kw)
+
+
+def _refuse_duplicates(name: str, values: list) -> None:
+    """A list entry given twice would be run (or counted) twice: a seed counted twice narrows the spread."""
+    seen, twice = set(), []
+    for v in values:
+        key = repr(v)
+        if key in seen and v not in twice:
+            twice.append(v)
+        seen.add(key)
+    if twice:
+        raise ConfigError(f"{name}: {', '.join(map(repr, twice))} listed more than once; list each once")
 
 
 @dataclass
@@ -159,6 +171,22 @@ class ExperimentConfig:
             raise ConfigError(f"scenarios: unknown {bad}; allowed: {', '.join(SCENARIOS)}")
         if not self.seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in self.seeds):
             raise ConfigError(f"seeds must be a non-empty list of integers; got {self.seeds!r}")
+        from ..train.config import PRECISIONS, SEED_MAX
+
+        bad = [s for s in self.seeds if not 0 <= s <= SEED_MAX]
+        if bad:
+            raise ConfigError(f"seeds must be integers in [0, {SEED_MAX}]; got {bad}")
+        if not isinstance(self.eval_harmful, (list, tuple)) or not all(isinstance(x, str) and x.strip()
+                                                                       for x in self.eval_harmful):
+            raise ConfigError(f"eval_harmful must be a list of data sources; got {self.eval_harmful!r}")
+        for name in ("methods", "scenarios", "seeds", "eval_harmful"):
+            _refuse_duplicates(name, getattr(self, name))
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}; got {self.precision!r}")
+        from ..data.tasks import TASKS
+
+        if self.task not in TASKS:
+            raise ConfigError(f"task: unknown task {self.task!r}; bundled tasks: {', '.join(TASKS)}")
         for name in ("train_samples", "batch_size", "direction_samples", "task_eval_samples", "max_new_tokens"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1; got {getattr(self, name)}")
@@ -189,11 +217,23 @@ class ExperimentConfig:
                    renamed=RENAMED_KEYS)
         try:
             if preset:
-                return cls.preset(preset, **data)
-            start = dataclasses.asdict(base) if base else {}
-            return cls(**{**start, **data})
+                cfg = cls.preset(preset, **data)
+            else:
+                start = dataclasses.asdict(base) if base else {}
+                cfg = cls(**{**start, **data})
         except (TypeError, ValueError) as e:
             raise ConfigError(located_error(str(e), str(path), lines)) from None
+        cfg.source = (str(path), lines)  # the checks before the first stage name the key's line
+        return cfg
+
+    #: ``(file, key -> line)`` when read by :meth:`from_yaml`; unannotated, so not a field (not in to_dict)
+    source = None
+
+    def where(self, key: str) -> str:
+        """``file:line: `` of ``key`` for a message (empty for a config built in Python)."""
+        if self.source is None:
+            return ""
+        return located(self.source[0], key, self.source[1]) + ": "
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -328,21 +368,25 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path, *, kind: str = "bench
     from .safety_alignment import is_current
 
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     cfg_file = out / "experiment.json"
     saved = saved_config(cfg_file) if cfg_file.exists() else None
+    added: list[str] = []
     if saved is not None and saved != cfg.to_dict():
         why = extension_refused(saved, cfg.to_dict())
         if why:
             raise ValueError(f"{out} holds a run with a different configuration ({cfg_file}: {why}); "
                              "use another --out or delete it")
         added = [m for m in cfg.methods if m not in saved["methods"]]
-        if added:
-            console.print(f"extending {out} with methods {added} (its finished runs are kept)")
     runs = planned_runs(cfg)
-    check_training_configs(cfg, runs)  # every run's training config, before any work
-    write_json(cfg_file, cfg.to_dict())
+    # before any work (and before the folder is made): every run's training config, every input
+    check_training_configs(cfg, runs)
+    check_inputs(cfg)
     stages = Stages(out)
+    check_same_start(cfg, out, stages, runs)
+    if added:
+        console.print(f"extending {out} with methods {added} (its finished runs are kept)")
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(cfg_file, cfg.to_dict())
     start_dir = embedded_dir(cfg.model[len(EMBEDDED_PREFIX):]) if cfg.model.startswith(EMBEDDED_PREFIX) else None
     start_built = start_dir is None or (is_built(start_dir) and (cfg.model != SAFE_START or is_current(start_dir)))
     est = estimate_seconds(cfg, start_built=start_built)
@@ -375,6 +419,58 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path, *, kind: str = "bench
     return results
 
 
+def stages_left(cfg: ExperimentConfig, stages: Stages, runs: list[Run]) -> list[str]:
+    """The stages of the plan not finished yet."""
+    names = ["01_start", "02_direction", "03_data", "05_eval/start"]
+    for run in runs:
+        names += [f"04_train/{run.name}", f"05_eval/{run.name}"] + ([f"06_drift/{run.name}"] if cfg.drift else [])
+    return [n for n in names if not stages.done(n)]
+
+
+def check_same_start(cfg: ExperimentConfig, out: Path, stages: Stages, runs: list[Run]) -> None:
+    """Continuing an experiment (runs left to do) needs the start model and the evaluation files it
+    began with: the same name may hold other weights now (a rebuilt or replaced model), and new
+    runs trained from those would be compared with old ones. The start model is loaded and its
+    fingerprint compared with ``01_start``'s record; so are the local prompt files' sha256."""
+    if not stages.done("01_start") or not stages_left(cfg, stages, runs):
+        return
+    from ..models import model_fingerprint
+
+    recorded = stages.summary("01_start")
+    was, files_was = recorded.get("fingerprint"), recorded.get("inputs")
+    if files_was is not None:
+        files_now = _input_fingerprints(cfg)
+        changed = [src for src in sorted(set(files_was) & set(files_now)) if files_was[src] != files_now[src]]
+        if changed:
+            raise ValueError(f"{out} was started with other contents of {', '.join(changed)} (sha256 recorded in "
+                             f"{out / '01_start' / 'stage.json'}); its finished runs were evaluated on those, so the "
+                             "experiment cannot be continued with the files as they are now: use a new --out (or "
+                             "restore the files)")
+    if was is None:
+        return
+    if cfg.model == SAFE_START:
+        from .safety_alignment import ensure_safe_start_model
+
+        ensure_safe_start_model(console=console)
+    model, _ = _load(cfg)
+    now = model_fingerprint(model)
+    del model
+    if now != was:
+        raise ValueError(f"{out} was started from {cfg.model} with weights fingerprint {was} (01_start), but "
+                         f"{cfg.model} loads with fingerprint {now} now (precision {cfg.precision}): the same name "
+                         "holds other weights (rebuilt or replaced), or the same weights in another precision (auto: "
+                         "bf16 on a GPU, fp32 on a CPU). Its finished runs were trained and evaluated from the old "
+                         "ones, so the experiment cannot be continued with these: use a new --out (or restore the "
+                         "old weights)")
+
+
+def _input_fingerprints(cfg: ExperimentConfig) -> dict[str, str]:
+    """sha256 of the local files among the evaluation prompt sources (``file:...``, a bare path)."""
+    from ..train.config import data_fingerprints
+
+    return data_fingerprints({"sources": [*cfg.eval_harmful, cfg.eval_harmless]})
+
+
 def _load(cfg: ExperimentConfig, adapter: Path | None = None, *, merge: bool = True):
     from ..models import load_model
 
@@ -397,7 +493,8 @@ def _stage_start(cfg: ExperimentConfig, d: Path) -> dict[str, Any]:
 
         ensure_safe_start_model(console=console)
     model, _ = _load(cfg)
-    info: dict[str, Any] = {"model": cfg.model, "fingerprint": model_fingerprint(model)}
+    info: dict[str, Any] = {"model": cfg.model, "fingerprint": model_fingerprint(model),
+                            "inputs": _input_fingerprints(cfg)}  # what an extension of the experiment must find again
     if cfg.model.startswith(EMBEDDED_PREFIX):
         built = build_info(embedded_dir(cfg.model[len(EMBEDDED_PREFIX):]))
         if built is not None:
@@ -462,36 +559,100 @@ def run_epochs(cfg: ExperimentConfig, method_name: str) -> float:
     return cfg.epochs + warmup_epochs(cfg, method_name)
 
 
+# The training-config keys an experiment sets from its own keys (the rest come from the method)
+TRAINING_KEYS_FROM_EXPERIMENT = {
+    "model": "model", "precision": "precision", "num_train_epochs": "epochs",
+    "per_device_train_batch_size": "batch_size", "learning_rate": "learning_rate", "lora_r": "lora_r",
+    "lora_alpha": "lora_alpha", "max_length": "max_length", "seed": "seeds", "safety_samples": "safety_samples",
+}
+
+
+def run_training_settings(cfg: ExperimentConfig, run: Run, data_file: str | Path, output_dir: str | Path) -> dict[str, Any]:
+    """The training config of one run, as a mapping for ``config_from_dict``: the experiment's
+    values, then the method's (:func:`train_overrides`). The one recipe, for the run and for the
+    check before any work."""
+    return {
+        "model": cfg.model, "precision": cfg.precision, "train_data": [f"file:{data_file}"],
+        "output_dir": str(output_dir), "num_train_epochs": run_epochs(cfg, run.method),
+        "per_device_train_batch_size": cfg.batch_size, "learning_rate": cfg.learning_rate, "lora_r": cfg.lora_r,
+        "lora_alpha": cfg.lora_alpha, "max_length": cfg.max_length, "seed": run.seed,
+        "safety_samples": cfg.safety_samples, "save_strategy": "no", "report_to": ["tensorboard"],
+        "lr_scheduler_type": "linear", "warmup_steps": 0,
+        **train_overrides(cfg, run.method),
+    }
+
+
 def check_training_configs(cfg: ExperimentConfig, runs: list[Run]) -> None:
-    """Build the training config of every planned run (with a stand-in data file), so a bad
-    method option fails before the first stage, naming the method."""
+    """Build the training config of every planned run with the experiment's real values (a
+    stand-in data file and folder), so a bad value fails before the first stage, naming where it
+    comes from: the experiment's key (and its line), the method's options, or the method table."""
     from ..configfile import ConfigError
     from ..train import config_from_dict
 
-    for method in dict.fromkeys(r.method for r in runs):
-        overrides = {"model": cfg.model, "precision": cfg.precision, "train_data": ["file:<the scenario's data>"],
-                     "output_dir": "<the run's folder>", "report_to": "none",
-                     "num_train_epochs": run_epochs(cfg, method), **train_overrides(cfg, method)}
+    checked = set()
+    for run in runs:
+        if (run.method, run.seed) in checked:
+            continue
+        checked.add((run.method, run.seed))
+        settings = run_training_settings(cfg, run, "<the scenario's data>", "<the run's folder>")
         try:
-            config_from_dict(overrides, where=f"method {method}")
+            config_from_dict(settings, where=f"method {run.method}")
         except ConfigError as e:
-            raise ConfigError(f"{e} (from method_options.{method} or the method table)") from None
+            key = getattr(e, "key", None) or ""
+            detail = getattr(e, "detail", None) or str(e)
+            own = set(cfg.options_of(run.method))
+            if key in own or (key not in TRAINING_KEYS_FROM_EXPERIMENT and "regularizer_options" in own):
+                origin = "variants" if run.method in cfg.variants and run.method not in cfg.method_options else \
+                    "method_options"
+                raise ConfigError(f"{cfg.where(origin)}method {run.method}: {detail} (from {origin}.{run.method})") \
+                    from None
+            if key in TRAINING_KEYS_FROM_EXPERIMENT:
+                exp_key = TRAINING_KEYS_FROM_EXPERIMENT[key]
+                raise ConfigError(f"{cfg.where(exp_key)}method {run.method}: {detail} (from the experiment's {exp_key}"
+                                  f"{f', seed {run.seed}' if exp_key == 'seeds' else ''})") from None
+            raise ConfigError(f"{cfg.where('methods')}method {run.method}: {detail} (from method_options.{run.method} "
+                              "or the method table)") from None
+
+
+def check_inputs(cfg: ExperimentConfig) -> None:
+    """Load what the data and evaluation stages will read -- the task's training and evaluation
+    items, every harmful and harmless prompt source -- so an unknown source, a missing file or an
+    unknown task fails before the first stage, naming the experiment key (and its line)."""
+    from ..data import DataError, load_source
+    from ..evaluate.suite import load_eval_inputs
+
+    def check(key: str, fn) -> None:
+        try:
+            fn()
+        except (DataError, ValueError) as e:
+            raise ConfigError(f"{cfg.where(key)}{key}: {e}") from None
+
+    check("task", lambda: load_source(f"task:{cfg.task}:train", require_response=True, limit=cfg.train_samples))
+    check("task_split", lambda: load_eval_inputs(_eval_config(cfg, None, harmful=(), harmless=())))
+    for source in cfg.eval_harmful:
+        check("eval_harmful", lambda s=source: load_eval_inputs(_eval_config(cfg, None, harmful=(s,), harmless=(),
+                                                                             tasks=())))
+    check("eval_harmless", lambda: load_eval_inputs(_eval_config(cfg, None, harmful=(), tasks=())))
+
+
+def _eval_config(cfg: ExperimentConfig, adapter: Path | None, **only: Any):
+    """The evaluation of one model in this experiment (``only``: a part of it, for :func:`check_inputs`)."""
+    from ..evaluate.suite import EvalConfig
+
+    task = cfg.task if cfg.task_split == "test" else f"task:{cfg.task}:{cfg.task_split}"
+    kw: dict[str, Any] = dict(harmful=tuple(cfg.eval_harmful), harmless=(cfg.eval_harmless,), tasks=(task,),
+                              limit=cfg.eval_limit, task_limit=cfg.task_eval_samples, max_new_tokens=cfg.max_new_tokens,
+                              task_max_new_tokens=cfg.task_max_new_tokens, batch_size=cfg.gen_batch_size,
+                              model_name=cfg.model, adapter=str(adapter) if adapter else None, llm_judge="auto")
+    kw.update(only)
+    return EvalConfig(**kw)
 
 
 def _stage_train(cfg: ExperimentConfig, run: Run, out: Path, data: dict[str, Any], d: Path) -> dict[str, Any]:
     from ..train import config_from_dict, train
 
     data_file = out / "03_data" / data["files"][run.scenario]["file"]
-    overrides: dict[str, Any] = {
-        "model": cfg.model, "precision": cfg.precision, "train_data": [f"file:{data_file}"],
-        "output_dir": str(d), "num_train_epochs": run_epochs(cfg, run.method), "per_device_train_batch_size": cfg.batch_size,
-        "learning_rate": cfg.learning_rate, "lora_r": cfg.lora_r, "lora_alpha": cfg.lora_alpha,
-        "max_length": cfg.max_length, "seed": run.seed, "safety_samples": cfg.safety_samples,
-        "save_strategy": "no", "report_to": ["tensorboard"],
-        "lr_scheduler_type": "linear", "warmup_steps": 0,
-        **train_overrides(cfg, run.method),
-    }
-    tcfg = config_from_dict(overrides, where=f"method {run.method}")
+    tcfg = config_from_dict(run_training_settings(cfg, run, data_file, d), where=f"method {run.method}")
     result = train(tcfg)
     return {"method": run.method, "scenario": run.scenario, "seed": run.seed,
             "train_s": round(result.runtime_s, 1), "steps": len(result.steps), "alpha": tcfg.alpha,
@@ -500,15 +661,10 @@ def _stage_train(cfg: ExperimentConfig, run: Run, out: Path, data: dict[str, Any
 
 def _stage_eval(cfg: ExperimentConfig, adapter: Path | None, d: Path) -> dict[str, Any]:
     from ..evaluate.results import write_eval
-    from ..evaluate.suite import EvalConfig, evaluate_model
+    from ..evaluate.suite import evaluate_model
 
     model, tok = _load(cfg, adapter)
-    task = cfg.task if cfg.task_split == "test" else f"task:{cfg.task}:{cfg.task_split}"
-    ecfg = EvalConfig(harmful=tuple(cfg.eval_harmful), harmless=(cfg.eval_harmless,), tasks=(task,),
-                      limit=cfg.eval_limit, task_limit=cfg.task_eval_samples, max_new_tokens=cfg.max_new_tokens,
-                      task_max_new_tokens=cfg.task_max_new_tokens, batch_size=cfg.gen_batch_size,
-                      model_name=cfg.model, adapter=str(adapter) if adapter else None, llm_judge="auto")
-    result = evaluate_model(model, tok, ecfg)
+    result = evaluate_model(model, tok, _eval_config(cfg, adapter))
     write_eval(d, result)
     return {"summary": result["summary"], "timing": result["timing"]}
 

@@ -294,30 +294,16 @@ class RegularizerLoop:
         state = {"global_step": self.state.global_step, "step_log": self.step_log, "reports": self.reports,
                  "world_size": self.args.world_size, "base_fingerprint": self.base_fingerprint,
                  "provenance": provenance()}
-        if hasattr(self.args, "to_yaml_dict"):  # what a resume from here must match
-            from .config import result_settings
+        if hasattr(self.args, "to_yaml_dict"):  # what a resume from here must match: settings + data content
+            from .config import run_identity
 
-            state["run_config"] = result_settings(self.args.to_yaml_dict())
+            state["run_config"] = run_identity(self.args)
         write_json(folder / TRAINER_STATE_FILE, state)
 
     def _load_safeanchor_state(self, checkpoint: str) -> None:
         folder = Path(checkpoint)
-        if (folder / TRAINER_STATE_FILE).is_file() and hasattr(self.args, "to_yaml_dict"):
-            from ..configfile import ConfigError
-            from .config import setting_differences
-
-            state = read_json(folder / TRAINER_STATE_FILE)
-            saved = state.get("run_config")
-            diffs = setting_differences(saved, self.args.to_yaml_dict()) if saved else []
-            if state.get("world_size", 1) != self.args.world_size:  # the global batch and the data shards differ
-                diffs.append(f"world_size: {state.get('world_size', 1)} there, {self.args.world_size} here")
-            there = state.get("base_fingerprint")
-            if there and self.base_fingerprint and not same_base(there, self.base_fingerprint):  # same name, other weights
-                shown = there if isinstance(there, str) else there.get("bf16")
-                diffs.append(f"base weights fingerprint: {shown} there, {self.base_fingerprint['bf16']} here")
-            if diffs:
-                raise ConfigError(f"cannot resume from {folder}: it was trained with other settings "
-                                  f"({'; '.join(diffs)}); resume with the same settings or start a new output_dir")
+        if hasattr(self.args, "to_yaml_dict"):
+            check_resumable(folder, self.args, self.base_fingerprint)
         if (folder / REGULARIZER_STATE_FILE).is_file():
             tensors = load_tensors(folder / REGULARIZER_STATE_FILE)
             for name, (reg, _) in self.regularizers.items():
@@ -328,6 +314,39 @@ class RegularizerLoop:
         if (folder / TRAINER_STATE_FILE).is_file():
             saved = read_json(folder / TRAINER_STATE_FILE)
             self.step_log = [row for row in saved.get("step_log", []) if row["step"] < saved["global_step"]]
+
+
+def resume_differences(checkpoint: str | Path, args, base_fingerprint: dict[str, str] | None = None) -> list[str]:
+    """What differs between the run that wrote ``checkpoint`` and the run ``args`` describes: every
+    result setting and data file (:func:`~safeanchor.train.config.setting_differences`), the world
+    size (the global batch and the data shards), and the base weights when ``base_fingerprint`` is
+    given. Empty for a checkpoint without safeanchor's state file (written elsewhere)."""
+    from .config import run_identity, setting_differences
+
+    state_file = Path(checkpoint) / TRAINER_STATE_FILE
+    if not state_file.is_file():
+        return []
+    state = read_json(state_file)
+    saved = state.get("run_config")
+    diffs = setting_differences(saved, run_identity(args)) if saved else []
+    if state.get("world_size", 1) != args.world_size:
+        diffs.append(f"world_size: {state.get('world_size', 1)} there, {args.world_size} here")
+    there = state.get("base_fingerprint")
+    if there and base_fingerprint and not same_base(there, base_fingerprint):  # same name, other weights
+        shown = there if isinstance(there, str) else there.get("bf16")
+        diffs.append(f"base weights fingerprint: {shown} there, {base_fingerprint['bf16']} here")
+    return diffs
+
+
+def check_resumable(checkpoint: str | Path, args, base_fingerprint: dict[str, str] | None = None) -> None:
+    """:class:`~safeanchor.configfile.ConfigError` naming every difference when ``checkpoint`` was
+    trained with other settings, data or base weights than ``args`` (:func:`resume_differences`)."""
+    from ..configfile import ConfigError
+
+    diffs = resume_differences(checkpoint, args, base_fingerprint)
+    if diffs:
+        raise ConfigError(f"cannot resume from {checkpoint}: it was trained with other settings "
+                          f"({'; '.join(diffs)}); resume with the same settings or start a new output_dir")
 
 
 class SafeTrainer(RegularizerLoop, Trainer):
@@ -431,4 +450,4 @@ class RichProgress(TrainerCallback):
 
 
 __all__ = ["REGULARIZER_STATE_FILE", "TRAINER_STATE_FILE", "RichProgress", "SafeTrainer", "ZeroPenaltyError",
-           "preserved_rng"]
+           "check_resumable", "preserved_rng", "resume_differences"]
