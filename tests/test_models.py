@@ -193,9 +193,13 @@ def test_base_fingerprints_match_across_precisions_and_differ_for_other_weights(
     import torch
 
     record = models.base_fingerprints(tiny_model)
-    for dtype in (torch.float32, torch.bfloat16, torch.float16):
-        here = models.base_fingerprints(copy.deepcopy(tiny_model).to(dtype))
+    loads = {dtype: models.base_fingerprints(copy.deepcopy(tiny_model).to(dtype))
+             for dtype in (torch.float32, torch.bfloat16, torch.float16)}
+    for here in loads.values():
         assert models.same_base(record, here) and models.same_base(here, record)
+    # fp32-stored weights loaded once in bf16, once in fp16 round differently: undecidable, never "other weights"
+    assert models.same_base(loads[torch.bfloat16], loads[torch.float16]) in (True, None)
+    assert loads[torch.float16]["dtype"] == "float16"
     assert models.model_fingerprint(tiny_model) != models.model_fingerprint(copy.deepcopy(tiny_model).to(torch.bfloat16))
     assert models.base_fingerprints(models.attach_lora(copy.deepcopy(tiny_model), r=2)) == record
     other = copy.deepcopy(tiny_model)

@@ -524,3 +524,31 @@ def test_the_drift_monitor_does_not_change_the_run(tmp_path, tiny_tokenizer, dat
     watched = run_tiny(tmp_path / "b", tiny_tokenizer, data, method="sft", drift_every_steps=2,
                        drift_harmful=data["harmful"], drift_harmless=data["harmless"], drift_samples=6)
     assert [r["ce"] for r in watched.steps] == [r["ce"] for r in plain.steps]
+
+
+OLD_RESULT_KEYS = (  # what a checkpoint's run_config held before every setting was compared (session 7)
+    "model", "precision", "train_data", "train_columns", "max_train_samples", "max_length", "padding_side",
+    "method", "alpha", "alpha_schedule", "alpha_after", "schedule_length", "schedule_unit", "warmup_placement",
+    "regularizer_options", "safety_samples", "safety_harmful", "safety_refusals", "safety_seed", "use_lora",
+    "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "learning_rate", "per_device_train_batch_size",
+    "gradient_accumulation_steps", "num_train_epochs", "max_steps", "seed", "lr_scheduler_type", "warmup_steps",
+    "weight_decay", "optim", "max_grad_norm")
+
+
+def test_a_checkpoint_of_the_older_format_resumes_on_the_settings_it_recorded(tmp_path, tiny_tokenizer, data):
+    """A checkpoint written before (its run_config: a fixed subset, no data fingerprints, no base
+    fingerprint) resumes; a difference in a setting it did record is still refused."""
+    import shutil
+
+    common = dict(method="sft", save_strategy="steps", save_steps=2, lora_dropout=0.0)
+    full = run_tiny(tmp_path / "full", tiny_tokenizer, data, **common)
+    ckpt = tmp_path / "resumed" / "out" / "checkpoint-4"
+    shutil.copytree(full.output_dir / "checkpoint-4", ckpt)
+    state = json.loads((ckpt / "safeanchor_state.json").read_text())
+    state["run_config"] = {k: state["run_config"][k] for k in OLD_RESULT_KEYS}
+    state.pop("base_fingerprint", None)
+    (ckpt / "safeanchor_state.json").write_text(json.dumps(state))
+    with pytest.raises(ConfigError, match=r"learning_rate: 0\.01 -> 0\.02"):
+        run_tiny(tmp_path / "resumed", tiny_tokenizer, data, resume_from_checkpoint="last", learning_rate=0.02, **common)
+    resumed = run_tiny(tmp_path / "resumed", tiny_tokenizer, data, resume_from_checkpoint="last", **common)
+    assert resumed.steps[-1]["ce"] == pytest.approx(full.steps[-1]["ce"], rel=1e-5)

@@ -133,31 +133,6 @@ def check_keys(data: Mapping[str, Any], known: Iterable[str], *, where: str, lin
         raise ConfigError(f"{loc}: unknown config key {key!r}{hint}")
 
 
-_SCALARS = {"int": int, "float": (int, float), "str": str, "bool": bool, "list": (list, tuple), "dict": dict,
-            "tuple": (list, tuple)}
-
-
-def check_types(obj: Any, *, prefix: str = "") -> None:
-    """:class:`ConfigError` for the first dataclass field of ``obj`` whose value does not match its
-    annotation (``int``, ``float``, ``str``, ``bool``, ``list``, ``dict``, ``tuple[...]``, ``X | None``;
-    other annotations are not checked). A bool is not an int here, and an int is a float."""
-    import dataclasses
-
-    for f in dataclasses.fields(obj):
-        kinds = [k.strip().split("[")[0] for k in str(f.type).split("|")]
-        value = getattr(obj, f.name)
-        if value is None and "None" in kinds:
-            continue
-        allowed = [_SCALARS[k] for k in kinds if k in _SCALARS]
-        if not allowed or len(allowed) != len([k for k in kinds if k != "None"]):
-            continue  # an annotation this check does not understand: the field validates itself
-        ok = any(isinstance(value, a) for a in allowed)
-        if ok and isinstance(value, bool) and "bool" not in kinds:
-            ok = False
-        if not ok:
-            want = " or ".join(k for k in kinds if k != "None") + (" or null" if "None" in kinds else "")
-            raise ConfigError(f"{prefix}{f.name} must be {want}; got {value!r} ({type(value).__name__})")
-
 
 @functools.lru_cache(maxsize=None)
 def field_types(cls: type) -> dict[str, Any]:
@@ -300,5 +275,5 @@ def check_annotated(obj: Any, *, prefix: str = "", types: Mapping[str, Any] | No
                               f"({type(value).__name__})", key=f.name)
 
 
-__all__ = ["ConfigError", "check_annotated", "check_keys", "check_types", "describe_type", "error_key", "field_types",
+__all__ = ["ConfigError", "check_annotated", "check_keys", "describe_type", "error_key", "field_types",
            "located", "located_error", "matches_type", "read_mapping"]

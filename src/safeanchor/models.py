@@ -19,6 +19,7 @@ import importlib.metadata
 import json
 import logging
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -231,10 +232,12 @@ def check_finite_weights(model, what: str) -> None:
     tensor: a model with NaN weights answers garbage that a judge would score, never an error."""
     from .io import ArtifactError
 
-    for name, t in model.state_dict().items():
-        if t.is_floating_point() and t.numel() and not bool(torch.isfinite(t).all()):
-            raise ArtifactError(f"{what}: weight {name!r} holds non-finite values (NaN or inf); the file is damaged "
-                                "or the training diverged")
+    for name, t in model.named_parameters():  # parameters only: a buffer may hold -inf on purpose (a mask)
+        # one reduction per tensor, no tensor-sized temporary: a NaN or inf anywhere makes the sum non-finite
+        if t.is_floating_point() and t.numel() and not bool(torch.isfinite(t.detach().sum(dtype=torch.float32))):
+            if not bool(torch.isfinite(t.detach()).all()):  # a finite tensor whose fp32 sum overflowed is fine
+                raise ArtifactError(f"{what}: weight {name!r} holds non-finite values (NaN or inf); the file is "
+                                    "damaged or the training diverged")
 
 
 def choose_precision(device: torch.device | str, precision: str = "auto") -> Precision:
@@ -369,7 +372,12 @@ def load_model(
         recorded = recorded_base_fingerprint(adapter)
         if recorded is not None:
             here = base_fingerprints(model)
-            if here is not None and not same_base(recorded[1], here):
+            verdict = same_base(recorded[1], here) if here is not None else True
+            if verdict is None:
+                warnings.warn(f"adapter {adapter}: its base was recorded in another half precision (fp16 against "
+                              "bf16), so whether it is the same base cannot be checked by fingerprint; load the base "
+                              "in the training's precision to check it", stacklevel=2)
+            elif not verdict:
                 there = recorded[1] if isinstance(recorded[1], str) else recorded[1].get("bf16")
                 raise ValueError(
                     f"adapter {adapter} was trained on a base with weights fingerprint {there} ({recorded[0]}), "
@@ -508,7 +516,10 @@ def weights_fingerprints(model, *, base_only: bool = False) -> dict[str, str] | 
     """The model's fingerprint with the values rounded to fp32, bf16 and fp16 (see
     :func:`base_fingerprints`); adapter weights included unless ``base_only``."""
     out = {k: model_fingerprint(model, base_only=base_only, as_dtype=dt) for k, dt in _PRECISIONS.items()}
-    return None if None in out.values() else out
+    if None in out.values():
+        return None
+    dtype = next((t.dtype for t in model.parameters() if t.is_floating_point()), None)
+    return {**out, "dtype": str(dtype).removeprefix("torch.") if dtype is not None else None}
 
 
 def base_fingerprints(model) -> dict[str, str] | None:
@@ -519,10 +530,18 @@ def base_fingerprints(model) -> dict[str, str] | None:
     return weights_fingerprints(model, base_only=True)
 
 
-def same_base(recorded: dict[str, str] | str, here: dict[str, str]) -> bool:
+def same_base(recorded: dict[str, str] | str, here: dict[str, str]) -> bool | None:
+    """Do two fingerprint records (:func:`weights_fingerprints`) describe the same weights? ``True``
+    when one rounding agrees, ``False`` when none does, ``None`` when that cannot be told: weights
+    stored in fp32 and loaded once in fp16 and once in bf16 round differently (fp32 -> fp16 -> bf16
+    is not fp32 -> bf16), so no hash is shared although the weights are the same."""
     if isinstance(recorded, str):  # a single fingerprint: no precision to match on
         return recorded in here.values()
-    return any(recorded.get(k) == v for k, v in here.items())
+    if any(recorded.get(k) == here.get(k) for k in _PRECISIONS if here.get(k)):
+        return True
+    if {recorded.get("dtype"), here.get("dtype")} == {"float16", "bfloat16"}:
+        return None
+    return False
 
 
 BASE_FINGERPRINT_FILES = ("train_report.json", "safeanchor_state.json")  # a run's folder, a checkpoint
@@ -532,13 +551,13 @@ def recorded_base_fingerprint(adapter_folder: str | Path) -> tuple[str, dict[str
     """``(file, fingerprints)`` of the base an adapter was trained on, as safeanchor's training wrote it
     (``base_fingerprint`` in the run's ``train_report.json`` or a checkpoint's ``safeanchor_state.json``);
     ``None`` for adapters from elsewhere."""
+    from .io import read_json
+
     for name in BASE_FINGERPRINT_FILES:
         f = Path(adapter_folder).expanduser() / name
         if f.is_file():
-            try:
-                fp = json.loads(f.read_text(encoding="utf-8")).get("base_fingerprint")
-            except (ValueError, UnicodeDecodeError):
-                raise ValueError(f"{f}: not valid JSON (a damaged run folder?)") from None
+            record = read_json(f)  # a damaged file is an ArtifactError naming it
+            fp = record.get("base_fingerprint") if isinstance(record, dict) else None
             if fp:
                 return str(f), fp
     return None

@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+from pathlib import Path
 
 import typer
 
@@ -33,18 +34,35 @@ def user_errors() -> tuple[type[BaseException], ...]:
 
 def failure_errors() -> tuple[type[BaseException], ...]:
     """Failures the run itself found, with a message that says what happened: one message, exit 1."""
-    from ..evaluate.llm_judge import JudgeConnectionError
+    from ..evaluate.llm_judge import JudgeConnectionError, JudgeOutputError
     from ..train.trainer import ZeroPenaltyError
 
-    return (ZeroPenaltyError, JudgeConnectionError)
+    return (ZeroPenaltyError, JudgeConnectionError, JudgeOutputError)
+
+
+def _raised_by_safeanchor(error: BaseException) -> bool:
+    """Whether the innermost frame of ``error``'s traceback is safeanchor's code: its own checks say
+    what is wrong; a ``ValueError`` from inside torch, transformers or numpy is more likely a bug
+    (ours or theirs), and its traceback is what helps."""
+    tb = error.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and Path(tb.tb_frame.f_code.co_filename).resolve().is_relative_to(_PACKAGE)
+
+
+_PACKAGE = Path(__file__).resolve().parents[1]
 
 
 def exit_code_for(error: BaseException) -> int | None:
-    """2 for a user mistake, 1 for a reported failure, ``None`` for a bug (its traceback is shown)."""
-    if isinstance(error, user_errors()):
-        return 2
+    """1 for a reported failure, 2 for a user mistake, ``None`` for a bug (its traceback is shown):
+    a ``ValueError`` counts as a user mistake only when safeanchor raised it (an ``OSError`` always:
+    a full disk or a missing file reads the same from anywhere)."""
     if isinstance(error, failure_errors()):
         return 1
+    if isinstance(error, ValueError) and not _raised_by_safeanchor(error):
+        return None
+    if isinstance(error, user_errors()):
+        return 2
     return None
 
 

@@ -355,8 +355,9 @@ def drift_command(
             m, tok = load_checkpoint(ckpt, base=base_model, precision=precision)
         base_check = check_checkpoint_base(ref, m, ckpt, allow_mismatch=allow_direction_mismatch)
         if base_check == "unverified":
-            console.print(f"[yellow]{ckpt}: a full model from elsewhere; whether it was trained from the reference's "
-                          f"model ({ref.info.get('model')}) cannot be checked[/yellow]")
+            console.print(f"[yellow]{ckpt}: whether it was trained from the reference's model "
+                          f"({ref.info.get('model')}) cannot be checked here (a full model from elsewhere, or the "
+                          "direction or checkpoint recorded its base in another precision)[/yellow]")
         with console.status(f"re-extracting on {ckpt}"), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the checkpoint's own fingerprint differs by design; its base is checked above
             report = drift_report(ref, m, tok, reference_path=reference, pos=pos, batch_size=batch_size,

@@ -7,7 +7,6 @@ from typing import Optional
 
 import typer
 
-from . import debug_reraise
 
 
 def demo(
@@ -18,7 +17,7 @@ def demo(
     from ..pipelines.experiment import ExperimentConfig, run_experiment
 
     cfg = ExperimentConfig.preset("quick" if quick else "demo")
-    _run(lambda: run_experiment(cfg, out, kind="demo"))
+    run_experiment(cfg, out, kind="demo")
 
 
 def bench(
@@ -31,27 +30,13 @@ def bench(
     """The full matrix: start, SFT, SFT+safety, Safe LoRA, AsFT, ProCon_s/_wu(_safe) × benign/attack × seeds."""
     from ..pipelines.experiment import ExperimentConfig, report_finished, run_experiment
 
-    try:
-        base = ExperimentConfig.preset("quick" if quick else "bench")
-        cfg = ExperimentConfig.from_yaml(config, base=base) if config else base
-    except ValueError as e:
-        debug_reraise()
-        typer.secho(f"error: {e}", fg="red", err=True)
-        raise typer.Exit(2)
+    base = ExperimentConfig.preset("quick" if quick else "bench")  # a mistake: one line, exit 2 (the command guard)
+    cfg = ExperimentConfig.from_yaml(config, base=base) if config else base
     if report_only:
-        _run(lambda: report_finished(cfg, out, kind="bench"))
+        report_finished(cfg, out, kind="bench")
         typer.echo(f"wrote {out / 'results.json'} and {out / 'report'}")
         return
-    _run(lambda: run_experiment(cfg, out, kind="bench"))
-
-
-def _run(fn) -> None:
-    try:
-        fn()
-    except ValueError as e:
-        debug_reraise()
-        typer.secho(f"error: {e}", fg="red", err=True)
-        raise typer.Exit(2)
+    run_experiment(cfg, out, kind="bench")
 
 
 def register(app: typer.Typer) -> None:

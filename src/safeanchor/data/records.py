@@ -226,7 +226,13 @@ def _iter_parquet(path: Path) -> Iterator[tuple[str, Any]]:
 def _iter_hf_dir(path: Path) -> Iterator[tuple[str, Any]]:
     from datasets import Dataset, DatasetDict, load_from_disk
 
-    ds = load_from_disk(str(path))
+    if not any((path / name).is_file() for name in ("dataset_info.json", "state.json", "dataset_dict.json")):
+        raise DataError(f"{path}: a folder that is not a saved Hugging Face dataset (save_to_disk); a file: source "
+                        "names a .jsonl, .json, .csv or .parquet file, or such a dataset folder")
+    try:
+        ds = load_from_disk(str(path))
+    except (FileNotFoundError, ValueError) as e:  # datasets' own message names no remedy
+        raise DataError(f"{path}: not a readable saved Hugging Face dataset ({e})") from None
     if isinstance(ds, DatasetDict):
         raise DataError(f"{path}: a DatasetDict; name a split, e.g. file:{path}/train")
     assert isinstance(ds, Dataset)

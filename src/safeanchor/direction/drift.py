@@ -229,9 +229,9 @@ def check_checkpoint_base(ref, model, checkpoint: str, *, allow_mismatch: bool =
     """Was ``checkpoint`` trained from the model ``ref`` was extracted from? Drift is only meaningful
     against the start model's own direction. A LoRA adapter: its base (as loaded) must be the
     direction's model; a full checkpoint saved by ``safeanchor train``: the base it recorded must be.
-    Returns ``"verified"`` or ``"unverified"`` (a full checkpoint from elsewhere, or a direction saved
-    before fingerprints were recorded); a mismatch is an ``IncompatibleDirectionError`` unless
-    ``allow_mismatch``."""
+    Returns ``"verified"`` or ``"unverified"`` (a full checkpoint from elsewhere; a direction saved
+    before precision-independent fingerprints were recorded, loaded in another precision; fp16
+    against bf16); a mismatch is an ``IncompatibleDirectionError`` unless ``allow_mismatch``."""
     from ..models import base_fingerprints, model_fingerprint, recorded_base_fingerprint, same_base
     from .artifact import IncompatibleDirectionError
 
@@ -239,8 +239,8 @@ def check_checkpoint_base(ref, model, checkpoint: str, *, allow_mismatch: bool =
     if hasattr(model, "peft_config"):
         if ref_fps:
             ok = same_base(ref_fps, base_fingerprints(model) or {})
-        else:
-            ok = model_fingerprint(model, base_only=True) == ref.info.get("fingerprint")
+        else:  # an older direction: only its exact fingerprint, which includes the dtype
+            ok = True if model_fingerprint(model, base_only=True) == ref.info.get("fingerprint") else None
         what = "the base it is loaded on"
     else:
         recorded = recorded_base_fingerprint(checkpoint)
@@ -248,6 +248,8 @@ def check_checkpoint_base(ref, model, checkpoint: str, *, allow_mismatch: bool =
             return "unverified"
         ok = same_base(recorded[1], ref_fps)
         what = f"the base it was trained on ({recorded[0]})"
+    if ok is None:
+        return "unverified"
     if not ok and not allow_mismatch:
         raise IncompatibleDirectionError(
             f"{checkpoint}: {what} is not the model the reference direction was extracted from "

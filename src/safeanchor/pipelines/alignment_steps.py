@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from ..configfile import ConfigError, check_types
+from ..configfile import ConfigError, check_annotated
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ class AlignConfig:
     progress: bool = field(default=True, metadata={"help": "show progress bars"})
 
     def __post_init__(self) -> None:
-        check_types(self, prefix="align.")
+        check_annotated(self, prefix="align.")
         for name in ("n_harmful", "n_harmless", "eval_limit", "harmless_response_tokens"):
             v = getattr(self, name)
             if v is not None and (not isinstance(v, int) or v < 1):

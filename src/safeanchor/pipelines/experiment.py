@@ -29,7 +29,7 @@ from typing import Any
 
 from rich.console import Console
 
-from ..configfile import ConfigError, check_keys, check_types, located, located_error, read_mapping
+from ..configfile import ConfigError, check_keys, check_annotated, located, located_error, read_mapping
 from ..io import read_json, write_json
 from ..methods import get_method, method_names
 from .attack_data import attack_pairs
@@ -153,7 +153,7 @@ class ExperimentConfig:
                 check_keys(opts, keys, where=f"method_options.{m}")
             except ConfigError as e:
                 raise ConfigError(str(e)) from None
-        check_types(self)
+        check_annotated(self)
         for name in ("epochs", "learning_rate"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be > 0; got {getattr(self, name)!r}")
@@ -434,7 +434,7 @@ def check_same_start(cfg: ExperimentConfig, out: Path, stages: Stages, runs: lis
     fingerprint compared with ``01_start``'s record; so are the local prompt files' sha256."""
     if not stages.done("01_start") or not stages_left(cfg, stages, runs):
         return
-    from ..models import model_fingerprint
+    from ..models import model_fingerprint, same_base, weights_fingerprints
 
     recorded = stages.summary("01_start")
     was, files_was = recorded.get("fingerprint"), recorded.get("inputs")
@@ -453,15 +453,22 @@ def check_same_start(cfg: ExperimentConfig, out: Path, stages: Stages, runs: lis
 
         ensure_safe_start_model(console=console)
     model, _ = _load(cfg)
-    now = model_fingerprint(model)
+    now, now_all = model_fingerprint(model), weights_fingerprints(model)
     del model
-    if now != was:
+    if recorded.get("weights_fingerprints") and now_all:  # precision-independent: a decisive answer
+        if same_base(recorded["weights_fingerprints"], now_all) is not False:
+            return
+        raise ValueError(f"{out} was started from {cfg.model} with weights fingerprint {was} (01_start), but "
+                         f"{cfg.model} holds other weights now (rebuilt or replaced). Its finished runs were trained "
+                         "and evaluated from the old ones, so the experiment cannot be continued with these: use a "
+                         "new --out (or restore the old weights)")
+    if now != was:  # an experiment started before precision-independent fingerprints were recorded
         raise ValueError(f"{out} was started from {cfg.model} with weights fingerprint {was} (01_start), but "
                          f"{cfg.model} loads with fingerprint {now} now (precision {cfg.precision}): the same name "
                          "holds other weights (rebuilt or replaced), or the same weights in another precision (auto: "
-                         "bf16 on a GPU, fp32 on a CPU). Its finished runs were trained and evaluated from the old "
-                         "ones, so the experiment cannot be continued with these: use a new --out (or restore the "
-                         "old weights)")
+                         "bf16 on a GPU, fp32 on a CPU; set precision: fp32 in the bench config to load them as a "
+                         "CPU did). Its finished runs were trained and evaluated from the old ones, so the "
+                         "experiment cannot be continued with these: use a new --out (or restore the old weights)")
 
 
 def _input_fingerprints(cfg: ExperimentConfig) -> dict[str, str]:
@@ -486,7 +493,7 @@ def _load(cfg: ExperimentConfig, adapter: Path | None = None, *, merge: bool = T
 def _stage_start(cfg: ExperimentConfig, d: Path) -> dict[str, Any]:
     """The start model: ``embedded:smollm2-135m-safe`` is built here (once, with its own progress
     and time estimate) when the cache has no build of the current recipe; loading never trains."""
-    from ..models import EMBEDDED_PREFIX, build_info, embedded_dir, model_fingerprint
+    from ..models import EMBEDDED_PREFIX, build_info, embedded_dir, model_fingerprint, weights_fingerprints
 
     if cfg.model == SAFE_START:
         from .safety_alignment import ensure_safe_start_model
@@ -494,6 +501,7 @@ def _stage_start(cfg: ExperimentConfig, d: Path) -> dict[str, Any]:
         ensure_safe_start_model(console=console)
     model, _ = _load(cfg)
     info: dict[str, Any] = {"model": cfg.model, "fingerprint": model_fingerprint(model),
+                            "weights_fingerprints": weights_fingerprints(model),  # in any precision
                             "inputs": _input_fingerprints(cfg)}  # what an extension of the experiment must find again
     if cfg.model.startswith(EMBEDDED_PREFIX):
         built = build_info(embedded_dir(cfg.model[len(EMBEDDED_PREFIX):]))

@@ -37,8 +37,11 @@ PLACEMENTS = ("before", "inside")
 SEED_MAX = 2**32 - 1  # numpy's seed range (transformers.set_seed seeds numpy too)
 
 # Fields whose annotation in TrainingArguments is narrower than what it accepts (a resume flag is
-# `true` or a path): the annotation the type check uses instead.
-TYPE_OVERRIDES: dict[str, Any] = {"resume_from_checkpoint": str | bool | None}
+# `true` or a path; fsdp a string, a list or true; deepspeed a path or a dict): the annotation the
+# type check uses instead.
+TYPE_OVERRIDES: dict[str, Any] = {"resume_from_checkpoint": str | bool | None, "fsdp": str | bool | list[str] | None,
+                                  "deepspeed": str | dict | None, "report_to": str | list[str] | None,
+                                  "fsdp_config": str | dict | None}
 
 
 class MethodSettings:
@@ -364,15 +367,18 @@ def run_identity(config) -> dict[str, Any]:
 
 def setting_differences(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
     """``key: saved -> now`` for every result-changing setting that differs, then every local data
-    file whose content changed (when both sides recorded it). A setting the saved side lacks
-    (written before the field existed) had the field's default; one this version lacks is gone
-    and not compared."""
+    file whose content changed (when both sides recorded it). In a record of this format (it holds
+    the data fingerprints) a setting the saved side lacks was added to the config later, so it had
+    the field's default. An older record (a checkpoint's ``run_config`` listed only a fixed subset
+    of settings) is compared on the settings it holds. A setting this version lacks is gone and
+    not compared."""
     a, b = result_settings(saved or {}), result_settings(now)
+    current_format = isinstance((saved or {}).get(DATA_FINGERPRINTS), dict)
     defaults = _field_defaults()
     order = {k: i for i, k in enumerate(config_keys())}
     out = []
     for k in sorted(set(a) | set(b), key=lambda k: (order.get(k, len(order)), k)):
-        if k == DATA_FINGERPRINTS or k not in b:
+        if k == DATA_FINGERPRINTS or k not in b or (k not in a and not current_format):
             continue
         there = a[k] if k in a else defaults.get(k)
         if there != b[k]:

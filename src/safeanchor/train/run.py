@@ -138,7 +138,8 @@ def checkpoints(out: str | Path) -> list[Path]:
     out = Path(out)
     if not out.is_dir():
         return []
-    found = [p for p in out.iterdir() if p.is_dir() and re.fullmatch(r"checkpoint-\d+", p.name)]
+    found = [p for p in out.iterdir()
+             if p.is_dir() and _CHECKPOINT_DIR.fullmatch(p.name) and not p.name.startswith("tmp-")]
     return sorted(found, key=lambda p: int(p.name.split("-")[1]))
 
 
@@ -188,7 +189,11 @@ def check_output_dir(config, model=None) -> OutputPlan:
                                       "there is nothing to resume; nothing was changed")
                 raise ConfigError(f"resume_from_checkpoint=last: no checkpoint found in {out} (no checkpoint-N "
                                   "folder; checkpoints are written with save_strategy=steps or epoch)")
-            ckpt = found[-1]
+            complete = [c for c in found if (c / "trainer_state.json").is_file()]  # a save cut short has none
+            if not complete:
+                raise ConfigError(f"resume_from_checkpoint=last: no complete checkpoint in {out} "
+                                  f"({', '.join(c.name for c in found)} lack trainer_state.json: saves cut short?)")
+            ckpt = complete[-1]
         else:
             ckpt = Path(resume).expanduser()
             if not ckpt.is_dir():
@@ -323,10 +328,12 @@ def train(config, model=None, tokenizer=None, callbacks: list[TrainerCallback] |
     model, tokenizer = prepare_model(config, model, tokenizer)
     regularizers = build_regularizers(config)
     dataset, data_report = build_train_dataset(config, tokenizer, [reg for reg, _ in regularizers.values()])
-    if plan.remove:  # overwrite_output_dir: the old run goes once the new one has its model and data
-        if is_main():
-            remove_previous_run(plan.remove)
-        barrier()
+    # overwrite_output_dir: the old run goes once the new one has its model and data, and only after every
+    # rank has planned (a rank that listed the folder mid-removal would plan otherwise)
+    barrier()
+    if plan.remove and is_main():
+        remove_previous_run(plan.remove)
+    barrier()
     trainer = SafeTrainer(
         model=model, args=config, train_dataset=dataset, processing_class=tokenizer,
         data_collator=SFTCollator(tokenizer.pad_token_id, config.padding_side),

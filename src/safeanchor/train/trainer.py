@@ -332,7 +332,7 @@ def resume_differences(checkpoint: str | Path, args, base_fingerprint: dict[str,
     if state.get("world_size", 1) != args.world_size:
         diffs.append(f"world_size: {state.get('world_size', 1)} there, {args.world_size} here")
     there = state.get("base_fingerprint")
-    if there and base_fingerprint and not same_base(there, base_fingerprint):  # same name, other weights
+    if there and base_fingerprint and same_base(there, base_fingerprint) is False:  # same name, other weights
         shown = there if isinstance(there, str) else there.get("bf16")
         diffs.append(f"base weights fingerprint: {shown} there, {base_fingerprint['bf16']} here")
     return diffs
