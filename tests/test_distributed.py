@@ -257,3 +257,17 @@ def test_accelerate_launch_on_cpu_through_mpi_is_one_run(work, tmp_path):
     r = report(tmp_path / "mpi")
     assert r["world_size"] == 2 and r["global_steps"] == 4  # 16 samples / (2 per device x 2 ranks)
     assert steps(tmp_path / "mpi")[1]["procon/raw"] > 0
+
+
+def test_asft_under_real_fsdp2_sharding_refuses_naming_the_module():
+    """This torch shards on CPU (FSDP2 over gloo), though HF Trainer does not use it there: on a model
+    sharded per decoder layer, AsFT's factor check refuses the DTensor shards naming the module on
+    every rank, while the sharded model itself trains (the failure is AsFT's, loud, not a zero penalty)."""
+    proc = launch([str(WORKER.with_name("dist_fsdp_worker.py"))], timeout=180)
+    import re
+
+    refused = re.findall(r"rank (\d) refused asft: the LoRA factors of (\S+) are not whole on this process", proc.stdout)
+    assert sorted(r for r, _ in refused) == ["0", "1"], proc.stdout
+    assert all(name.endswith("layers.0.self_attn.q_proj") for _, name in refused)
+    trained = dict(re.findall(r"rank (\d) trained ([\d.]+)", proc.stdout))
+    assert set(trained) == {"0", "1"} and trained["0"] == trained["1"]  # one model, the same loss on both ranks
