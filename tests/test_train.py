@@ -480,9 +480,14 @@ def test_the_exempt_settings_are_fields_and_the_rest_is_compared():
         assert key in result_settings(a), key
     b = {**a, "adam_beta2": 0.5, "logging_steps": 7, "output_dir": "elsewhere", "save_steps": 3}
     assert setting_differences(a, b) == ["adam_beta2: 0.999 -> 0.5"]
-    older = {k: v for k, v in a.items() if k != "adam_beta2"}  # as if written before the field existed
-    assert setting_differences(older, a) == []  # it had the default
+    # a record of this format (it holds the data fingerprints) written before the field existed: it had the default
+    older = {**{k: v for k, v in a.items() if k != "adam_beta2"}, "data_fingerprints": {}}
+    assert setting_differences(older, a) == []
     assert setting_differences(older, b) == ["adam_beta2: 0.999 -> 0.5"]
+    # a record of the older format (a fixed subset, no data fingerprints): compared on what it recorded
+    subset = {k: a[k] for k in ("model", "method", "seed", "learning_rate")}
+    assert setting_differences(subset, b) == []
+    assert setting_differences(subset, {**b, "seed": 5}) == ["seed: 42 -> 5"]
 
 
 def test_overwrite_removes_the_previous_runs_files(tmp_path, tiny_tokenizer, data):
