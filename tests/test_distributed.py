@@ -127,17 +127,24 @@ def test_killed_two_process_run_resumes_to_the_uninterrupted_adapter(work):
         torch.testing.assert_close(B[k], A[k], rtol=RTOL, atol=ATOL)
 
 
-def test_cli_under_torchrun_writes_once(work, tmp_path):
+def procon_cli_config(work: Path, folder: Path, out: str) -> Path:
+    """A ProCon run config for ``safeanchor train`` on the tiny model (2 per device, 1 epoch), written to
+    ``folder/c.yaml``; the run goes to ``folder/out``."""
     import yaml
 
     data = {k: f"file:{work / 'data' / (k + '.jsonl')}" for k in ("train", "harmful", "harmless")}
-    cfg = {"model": str(work / "model"), "method": "procon", "alpha": 0.1, "output_dir": str(tmp_path / "cli"),
+    cfg = {"model": str(work / "model"), "method": "procon", "alpha": 0.1, "output_dir": str(folder / out),
            "train_data": data["train"], "max_length": 64, "per_device_train_batch_size": 2, "num_train_epochs": 1,
            "report_to": "none", "save_strategy": "no",
            "regularizer_options": {"procon": {"direction_harmful": data["harmful"],
                                               "direction_harmless": data["harmless"], "direction_samples": 12}}}
-    path = tmp_path / "c.yaml"
+    path = folder / "c.yaml"
     path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_cli_under_torchrun_writes_once(work, tmp_path):
+    path = procon_cli_config(work, tmp_path, "cli")
     proc = launch(["-m", "safeanchor", "train", "--config", str(path)])
     assert proc.stdout.count("wrote ") == 1 and "on 2 processes" in proc.stdout
     assert report(tmp_path / "cli")["global_steps"] == 4  # 16 samples / (2 x 2)
@@ -236,21 +243,12 @@ def test_trl_script_on_two_processes_logs_the_penalty_of_all_ranks(work, tmp_pat
 def test_accelerate_launch_on_cpu_through_mpi_is_one_run(work, tmp_path):
     """``accelerate launch --cpu --num_processes 2`` starts two processes only through MPI (a hostfile);
     the run they form is one data-parallel run, as under torchrun: half the steps, world size 2, one writer."""
-    import yaml
-
-    data = {k: f"file:{work / 'data' / (k + '.jsonl')}" for k in ("train", "harmful", "harmless")}
-    cfg = {"model": str(work / "model"), "method": "procon", "alpha": 0.1, "output_dir": str(tmp_path / "mpi"),
-           "train_data": data["train"], "max_length": 64, "per_device_train_batch_size": 2, "num_train_epochs": 1,
-           "report_to": "none", "save_strategy": "no",
-           "regularizer_options": {"procon": {"direction_harmful": data["harmful"],
-                                              "direction_harmless": data["harmless"], "direction_samples": 12}}}
-    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    path = procon_cli_config(work, tmp_path, "mpi")
     (tmp_path / "hostfile").write_text("localhost slots=2\n")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
            "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}  # CI runs as root
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2", "--num_machines", "1",
-           "--mpirun_hostfile", str(tmp_path / "hostfile"), "-m", "safeanchor", "train", "--config",
-           str(tmp_path / "c.yaml")]
+           "--mpirun_hostfile", str(tmp_path / "hostfile"), "-m", "safeanchor", "train", "--config", str(path)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     assert proc.stdout.count("wrote ") == 1 and "on 2 processes" in proc.stdout
