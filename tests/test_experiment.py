@@ -422,3 +422,40 @@ def test_extending_a_bench_whose_start_model_or_prompt_file_changed_is_refused(t
     # a rerun with nothing left to do only reports: it needs no model
     again = run_experiment(tiny_cfg(model_dir, methods=["start", "sft"], **kw), out)
     assert {r["method"] for r in again["runs"]} == {"start", "sft"}
+
+
+def test_runs_in_parallel_workers_give_the_runs_of_one_process(tiny_model_dir, tmp_path):
+    # --jobs 2: two spawned workers take the runs (1 CPU thread each here); every run's answers and
+    # training log are those of the one-process bench, and a resume does only what is missing
+    import shutil
+
+    import torch
+
+    cfg = tiny_cfg(tiny_model_dir, seeds=[0, 1], drift=False)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        serial = run_experiment(cfg, tmp_path / "one", kind="bench")
+    finally:
+        torch.set_num_threads(threads)
+    par_out = tmp_path / "two"
+    parallel = run_experiment(cfg, par_out, kind="bench", jobs=2)
+    assert [(r["method"], r["seed"], r["asr"], r["task_acc"]) for r in parallel["runs"]] == \
+           [(r["method"], r["seed"], r["asr"], r["task_acc"]) for r in serial["runs"]]
+    for run in planned_runs(cfg):
+        answers = [json.loads((tmp_path / d / "05_eval" / run.name / "eval.json").read_text())["records"]
+                   for d in ("one", "two")]
+        assert [r["answer"] for r in answers[0]] == [r["answer"] for r in answers[1]], run.name
+        logs = [json.loads((tmp_path / d / "04_train" / run.name / "train_log.json").read_text())
+                for d in ("one", "two")]
+        assert [s.get("loss") for s in logs[0]["steps"]] == [s.get("loss") for s in logs[1]["steps"]]
+        stage = json.loads((par_out / "05_eval" / run.name / "stage.json").read_text())
+        assert stage["threads"] == max(1, threads // 2)
+    # an interrupted parallel bench: one run's eval gone -> only it is done again
+    shutil.rmtree(par_out / "05_eval" / "sft-benign-s1")
+    before = (par_out / "05_eval" / "sft-benign-s0" / "eval.json").stat().st_mtime_ns
+    again = run_experiment(cfg, par_out, kind="bench", jobs=2)
+    assert (par_out / "05_eval" / "sft-benign-s0" / "eval.json").stat().st_mtime_ns == before
+    assert [r["asr"] for r in again["runs"]] == [r["asr"] for r in parallel["runs"]]
+    with pytest.raises(ValueError, match="jobs must be an integer >= 1"):
+        run_experiment(cfg, par_out, jobs=0)

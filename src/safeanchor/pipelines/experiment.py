@@ -11,8 +11,9 @@ run :func:`run_experiment`, which is a recipe of numbered stages, each writing i
 5. ``05_eval/<run>``  ASR, over-refusal, task accuracy (eval.json with per-prompt records)
 6. ``06_drift/<run>`` per-layer cosine of the r-direction vs the start (``drift: false`` skips it)
 
-Runs go one at a time (train, eval, drift), seed-major, so an interrupted bench already holds
-whole seeds of every method.
+Runs go seed-major (train, eval, drift), so an interrupted bench already holds whole seeds of
+every method; ``jobs=N`` runs N of them at once in worker processes (each with its share of the CPU
+threads, or its own GPU when there are N).
 7. ``results.json`` + ``report/`` (report.md, report.html, PNGs)
 
 >>> cfg = ExperimentConfig.preset("quick")        # doctest: +SKIP
@@ -361,9 +362,17 @@ def report_finished(cfg: ExperimentConfig, out: str | Path, *, kind: str = "benc
     return results
 
 
-def run_experiment(cfg: ExperimentConfig, out: str | Path, *, kind: str = "bench") -> dict[str, Any]:
+def run_experiment(cfg: ExperimentConfig, out: str | Path, *, kind: str = "bench", jobs: int = 1) -> dict[str, Any]:
     """Run (or resume) the whole experiment into ``out``; returns the results dict (also
-    written to ``out/results.json``) and writes ``out/report/``."""
+    written to ``out/results.json``) and writes ``out/report/``.
+
+    ``jobs``: how many runs (train + eval + drift of one method, scenario and seed) go at once, each
+    in its own worker process. On a CPU the threads are shared out (``torch.get_num_threads() //
+    jobs`` each: on 2 cores two 1-thread runs do ~1.3x the work of one 2-thread run, measured in
+    BENCHMARKS.md); with at least ``jobs`` GPUs each worker gets its own. Every run's result is its
+    own; the thread count can change the last bits of float sums, so each stage records it."""
+    if not isinstance(jobs, int) or isinstance(jobs, bool) or jobs < 1:
+        raise ValueError(f"jobs must be an integer >= 1; got {jobs!r}")
     from ..models import EMBEDDED_PREFIX, embedded_dir, is_built
     from .safety_alignment import is_current
 
@@ -401,13 +410,13 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path, *, kind: str = "bench
     stages.run("02_direction", lambda d: _stage_direction(cfg, d))
     data = stages.run("03_data", lambda d: _stage_data(cfg, d))
     stages.run("05_eval/start", lambda d: _stage_eval(cfg, None, d))
-    # one run at a time, seed-major: an interrupted bench has whole seeds of every method to compare
-    for run in runs:
-        adapter = out / "04_train" / run.name
-        stages.run(f"04_train/{run.name}", lambda d, r=run: _stage_train(cfg, r, out, data, d))
-        stages.run(f"05_eval/{run.name}", lambda d, a=adapter: _stage_eval(cfg, a, d))
-        if cfg.drift:
-            stages.run(f"06_drift/{run.name}", lambda d, a=adapter: _stage_drift(cfg, out, a, d))
+    # seed-major: an interrupted bench has whole seeds of every method to compare
+    todo = [r for r in runs if any(not stages.done(s) for s in _run_stage_names(cfg, r))]
+    if jobs == 1 or len(todo) <= 1:
+        for run in runs:
+            _run_stages(cfg, out, data, run, stages)
+    else:
+        _run_parallel(cfg, out, data, todo, jobs)
 
     results = collect_results(cfg, out, runs, start, kind=kind)
     write_json(out / "results.json", results)
@@ -417,6 +426,67 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path, *, kind: str = "bench
     console.print(f"[bold green]done[/bold green] in {(time.perf_counter() - t_start) / 60:.1f} min "
                   f"(estimate was {est / 60:.0f} min). Report: {paths['html']}")
     return results
+
+
+def _run_stage_names(cfg: ExperimentConfig, run: Run) -> list[str]:
+    return [f"04_train/{run.name}", f"05_eval/{run.name}"] + ([f"06_drift/{run.name}"] if cfg.drift else [])
+
+
+def _run_stages(cfg: ExperimentConfig, out: Path, data: dict[str, Any], run: Run, stages: Stages) -> None:
+    """One run's stages: train, evaluate, and (``drift: true``) the drift measurement."""
+    adapter = out / "04_train" / run.name
+    stages.run(f"04_train/{run.name}", lambda d: _stage_train(cfg, run, out, data, d))
+    stages.run(f"05_eval/{run.name}", lambda d: _stage_eval(cfg, adapter, d))
+    if cfg.drift:
+        stages.run(f"06_drift/{run.name}", lambda d: _stage_drift(cfg, out, adapter, d))
+
+
+def _worker_init(threads: int, devices: Any) -> None:
+    import os
+
+    import torch
+
+    if devices is not None:  # one GPU per worker, taken from the shared queue before CUDA starts
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(devices.get())
+    torch.set_num_threads(threads)
+
+
+def _worker_run(cfg: ExperimentConfig, out: Path, data: dict[str, Any], run: Run) -> str:
+    _run_stages(cfg, out, data, run, Stages(out))
+    return run.name
+
+
+def _run_parallel(cfg: ExperimentConfig, out: Path, data: dict[str, Any], runs: list[Run], jobs: int) -> None:
+    """Runs ``runs`` in ``jobs`` worker processes (spawned: no state is inherited), in order; the
+    first failure cancels the runs not yet started and is raised after the others finish."""
+    import multiprocessing as mp
+    from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+
+    import torch
+
+    ctx = mp.get_context("spawn")
+    devices = None
+    if torch.cuda.is_available() and torch.cuda.device_count() >= jobs:
+        devices = ctx.Manager().Queue()
+        for i in range(jobs):
+            devices.put(i)
+        threads = torch.get_num_threads()
+    elif torch.cuda.is_available():
+        raise ValueError(f"jobs {jobs} needs {jobs} GPUs; {torch.cuda.device_count()} visible")
+    else:
+        threads = max(1, torch.get_num_threads() // jobs)
+    console.print(f"{len(runs)} run(s) to do, {jobs} at a time "
+                  + (f"(one GPU each)" if devices is not None else f"({threads} CPU thread(s) each)"))
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_worker_init,
+                             initargs=(threads, devices)) as pool:
+        futures = [pool.submit(_worker_run, cfg, out, data, run) for run in runs]
+        done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+        failed = [f for f in futures if f.done() and f.exception() is not None]
+        if failed:
+            for f in futures:
+                f.cancel()
+            wait(futures)
+            raise failed[0].exception()
 
 
 def stages_left(cfg: ExperimentConfig, stages: Stages, runs: list[Run]) -> list[str]:
@@ -664,7 +734,7 @@ def _stage_train(cfg: ExperimentConfig, run: Run, out: Path, data: dict[str, Any
     result = train(tcfg)
     return {"method": run.method, "scenario": run.scenario, "seed": run.seed,
             "train_s": round(result.runtime_s, 1), "steps": len(result.steps), "alpha": tcfg.alpha,
-            **(result.post_hoc or {})}
+            "threads": _threads(), **(result.post_hoc or {})}
 
 
 def _stage_eval(cfg: ExperimentConfig, adapter: Path | None, d: Path) -> dict[str, Any]:
@@ -674,7 +744,13 @@ def _stage_eval(cfg: ExperimentConfig, adapter: Path | None, d: Path) -> dict[st
     model, tok = _load(cfg, adapter)
     result = evaluate_model(model, tok, _eval_config(cfg, adapter))
     write_eval(d, result)
-    return {"summary": result["summary"], "timing": result["timing"]}
+    return {"summary": result["summary"], "timing": result["timing"], "threads": _threads()}
+
+
+def _threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
 
 
 def _stage_drift(cfg: ExperimentConfig, out: Path, adapter: Path, d: Path) -> dict[str, Any]:
