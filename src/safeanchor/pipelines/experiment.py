@@ -273,33 +273,45 @@ def planned_runs(cfg: ExperimentConfig) -> list[Run]:
             for method in cfg.methods if cfg.method_of(method).trains]
 
 
-# Seconds on a 2-core CPU for SmolLM2-135M, measured in a `safeanchor demo` run (stage.json
-# timings): the alignment build (incl. the GGUF conversion), direction extraction, one LoRA
-# step of batch 8 on arithmetic_steps (~85 tokens), the fixed cost of a training run (model load,
-# ProCon anchor pass), one generated token of one prompt in a batch of 32, one drift measurement.
-# Only used for the estimate printed up front; other models/machines scale it.
+# Seconds on a 2-core CPU for SmolLM2-135M (stage.json timings of `safeanchor demo` and of
+# configs/bench/core_budget.yaml): the alignment build (incl. the GGUF conversion), direction
+# extraction, the attack-data stage, one training example's forward + backward (arithmetic_steps,
+# ~85 tokens), the fixed cost of a training run (model load, trainer), and for generation: one
+# prompt's prefill, one decoding step's fixed cost and one row's cost in it; then one drift
+# measurement, and the throughput gain of two 1-thread runs at once over one 2-thread run
+# (--jobs 2; measured). Only used for the estimate printed up front; other models/machines scale it.
 # A method's own fixed cost (ProCon's anchor pass) is its table row's ``setup_seconds``.
-_EST = {"align": 690.0, "direction": 15.0, "attack_data": 40.0, "step": 3.25, "run_setup": 10.0,
-        "gen_token": 0.0062, "eval_setup": 5.0, "drift": 17.0}
+_EST = {"align": 690.0, "direction": 22.0, "attack_data": 25.0, "sample": 0.62, "run_setup": 10.0,
+        "prompt": 0.11, "gen_step": 0.08, "gen_row": 0.004, "eval_setup": 5.0, "drift": 17.0,
+        "jobs_gain": 1.3}
 
 
-def estimate_seconds(cfg: ExperimentConfig, *, start_built: bool) -> float:
+def _generation_seconds(n: int, new_tokens: int, batch: int) -> float:
+    full, rest = divmod(n, batch)
+    steps = (full + (1 if rest else 0)) * new_tokens
+    return n * _EST["prompt"] + steps * _EST["gen_step"] + n * new_tokens * _EST["gen_row"]
+
+
+def estimate_seconds(cfg: ExperimentConfig, *, start_built: bool, jobs: int = 1) -> float:
+    """The printed estimate of a whole experiment on a 2-core CPU (see ``_EST``), in seconds."""
     runs = planned_runs(cfg)
-    train = 0.0
+    per_run = 0.0
     for r in runs:
         method = cfg.method_of(r.method)
         n = cfg.train_samples + (cfg.attack_samples if r.scenario == "attack" else 0)
         if method.safety_data:
             n += cfg.safety_samples
-        train += (-(-n // cfg.batch_size) * run_epochs(cfg, r.method) * _EST["step"] + _EST["run_setup"]
-                  + method.setup_seconds)
+        steps = -(-n // cfg.batch_size) * run_epochs(cfg, r.method)
+        per_run += steps * cfg.batch_size * _EST["sample"] + _EST["run_setup"] + method.setup_seconds
     cap = cfg.eval_limit or 10**9
     n_safety = min(cap, 91) * len(cfg.eval_harmful) + min(cap, 84)  # bundled test sizes; others similar
-    tokens = n_safety * cfg.max_new_tokens + min(cap, cfg.task_eval_samples) * cfg.task_max_new_tokens
-    evals = (len(runs) + 1) * (tokens * _EST["gen_token"] + _EST["eval_setup"])
+    eval_s = (_EST["eval_setup"] + _generation_seconds(n_safety, cfg.max_new_tokens, cfg.gen_batch_size)
+              + _generation_seconds(cfg.task_eval_samples, cfg.task_max_new_tokens, cfg.gen_batch_size))
+    per_run += len(runs) * (eval_s + (_EST["drift"] if cfg.drift else 0))
+    if jobs > 1 and len(runs) > 1:
+        per_run /= _EST["jobs_gain"]
     return ((0 if start_built else _EST["align"]) + _EST["direction"]
-            + (_EST["attack_data"] if "attack" in cfg.scenarios else 0)
-            + train + evals + (len(runs) * _EST["drift"] if cfg.drift else 0))
+            + (_EST["attack_data"] if "attack" in cfg.scenarios else 0) + eval_s + per_run)
 
 
 def saved_config(cfg_file: Path) -> dict[str, Any]:
@@ -398,7 +410,7 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path, *, kind: str = "bench
     write_json(cfg_file, cfg.to_dict())
     start_dir = embedded_dir(cfg.model[len(EMBEDDED_PREFIX):]) if cfg.model.startswith(EMBEDDED_PREFIX) else None
     start_built = start_dir is None or (is_built(start_dir) and (cfg.model != SAFE_START or is_current(start_dir)))
-    est = estimate_seconds(cfg, start_built=start_built)
+    est = estimate_seconds(cfg, start_built=start_built, jobs=jobs)
     console.print(f"[bold]safeanchor {kind}[/bold]: {len(runs)} fine-tuning run(s) "
                   f"({', '.join(cfg.methods)} × {', '.join(cfg.scenarios)} × seeds {cfg.seeds}) on {cfg.model}")
     console.print(f"estimated time on a 2-core CPU: ~{est / 60:.0f} min"
@@ -476,11 +488,11 @@ def _run_parallel(cfg: ExperimentConfig, out: Path, data: dict[str, Any], runs: 
     else:
         threads = max(1, torch.get_num_threads() // jobs)
     console.print(f"{len(runs)} run(s) to do, {jobs} at a time "
-                  + (f"(one GPU each)" if devices is not None else f"({threads} CPU thread(s) each)"))
+                  + ("(one GPU each)" if devices is not None else f"({threads} CPU thread(s) each)"))
     with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_worker_init,
                              initargs=(threads, devices)) as pool:
         futures = [pool.submit(_worker_run, cfg, out, data, run) for run in runs]
-        done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+        wait(futures, return_when=FIRST_EXCEPTION)
         failed = [f for f in futures if f.done() and f.exception() is not None]
         if failed:
             for f in futures:
