@@ -194,9 +194,14 @@ def test_bench_configs_load():
 
     folder = Path(__file__).resolve().parents[1] / "configs" / "bench"
     cfgs = {p.stem: ExperimentConfig.from_yaml(p) for p in sorted(folder.glob("*.yaml"))}
-    assert set(cfgs) == {"core", "embedded", "llama2_7b", "val_sweep"}
+    assert set(cfgs) == {"core", "core_budget", "embedded", "llama2_7b", "val_sweep"}
     assert cfgs["val_sweep"].task_split == "val" and all(s.endswith(":val") for s in cfgs["val_sweep"].eval_harmful)
     assert len(cfgs["core"].seeds) == 3 and cfgs["core"].task_eval_samples == 200
+    # the budget bench: the same methods, scenarios and seeds as the core bench, the whole task test set
+    assert (cfgs["core_budget"].methods, cfgs["core_budget"].scenarios, cfgs["core_budget"].seeds,
+            cfgs["core_budget"].variants) == (cfgs["core"].methods, cfgs["core"].scenarios, cfgs["core"].seeds,
+                                              cfgs["core"].variants)
+    assert cfgs["core_budget"].task_eval_samples == 200 and cfgs["core_budget"].task_split == "test"
     assert len(cfgs["embedded"].methods) == 10 and cfgs["embedded"].scenarios == ["benign", "attack"]
     assert cfgs["llama2_7b"].safety_samples == 1000
     assert cfgs["llama2_7b"].method_options["procon_wu"]["schedule_length"] == 4.0

@@ -283,7 +283,7 @@ def planned_runs(cfg: ExperimentConfig) -> list[Run]:
 # A method's own fixed cost (ProCon's anchor pass) is its table row's ``setup_seconds``.
 _EST = {"align": 690.0, "direction": 22.0, "attack_data": 25.0, "sample": 0.62, "run_setup": 10.0,
         "prompt": 0.11, "gen_step": 0.08, "gen_row": 0.004, "eval_setup": 5.0, "drift": 17.0,
-        "jobs_gain": 1.3}
+        "jobs_gain": 1.2}
 
 
 def _generation_seconds(n: int, new_tokens: int, batch: int) -> float:
