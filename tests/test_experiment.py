@@ -476,7 +476,7 @@ def test_the_printed_estimate_counts_what_the_bench_does():
     assert estimate_seconds(fewer_items, start_built=True) < est - 30 * len(planned_runs(cfg))
     # the per-example cost: half the batch size, the same examples -> about the same training time
     assert estimate_seconds(dataclasses_replace(cfg, batch_size=2), start_built=True) == pytest.approx(est, rel=0.05)
-    assert estimate_seconds(cfg, start_built=True, jobs=2) < est / 1.2
+    assert estimate_seconds(cfg, start_built=True, jobs=2) < est / 1.15  # measured: ~1.2x over a whole bench
     assert estimate_seconds(cfg, start_built=False) > est + 600  # the one-time alignment stage
 
 
