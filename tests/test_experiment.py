@@ -467,20 +467,16 @@ def test_runs_in_parallel_workers_give_the_runs_of_one_process(tiny_model_dir, t
 
 
 def test_the_printed_estimate_counts_what_the_bench_does():
+    from dataclasses import replace
+
     from safeanchor.pipelines.experiment import estimate_seconds
 
     cfg = ExperimentConfig.from_yaml("configs/bench/core_budget.yaml", base=ExperimentConfig.preset("bench"))
     est = estimate_seconds(cfg, start_built=True)
     # the 200 task items are evaluated whatever eval_limit caps the safety prompts at
-    fewer_items = dataclasses_replace(cfg, task_eval_samples=cfg.eval_limit)
+    fewer_items = replace(cfg, task_eval_samples=cfg.eval_limit)
     assert estimate_seconds(fewer_items, start_built=True) < est - 30 * len(planned_runs(cfg))
     # the per-example cost: half the batch size, the same examples -> about the same training time
-    assert estimate_seconds(dataclasses_replace(cfg, batch_size=2), start_built=True) == pytest.approx(est, rel=0.05)
+    assert estimate_seconds(replace(cfg, batch_size=2), start_built=True) == pytest.approx(est, rel=0.05)
     assert estimate_seconds(cfg, start_built=True, jobs=2) < est / 1.15  # measured: ~1.2x over a whole bench
     assert estimate_seconds(cfg, start_built=False) > est + 600  # the one-time alignment stage
-
-
-def dataclasses_replace(cfg, **kw):
-    import dataclasses
-
-    return dataclasses.replace(cfg, **kw)

@@ -287,8 +287,7 @@ _EST = {"align": 690.0, "direction": 22.0, "attack_data": 25.0, "sample": 0.62, 
 
 
 def _generation_seconds(n: int, new_tokens: int, batch: int) -> float:
-    full, rest = divmod(n, batch)
-    steps = (full + (1 if rest else 0)) * new_tokens
+    steps = -(-n // batch) * new_tokens
     return n * _EST["prompt"] + steps * _EST["gen_step"] + n * new_tokens * _EST["gen_row"]
 
 
@@ -380,8 +379,7 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path, *, kind: str = "bench
 
     ``jobs``: how many runs (train + eval + drift of one method, scenario and seed) go at once, each
     in its own worker process. On a CPU the threads are shared out (``torch.get_num_threads() //
-    jobs`` each: on 2 cores two 1-thread runs do ~1.3x the work of one 2-thread run, measured in
-    BENCHMARKS.md); with at least ``jobs`` GPUs each worker gets its own. Every run's result is its
+    jobs`` each: on 2 cores ~1.2x faster over a long bench, measured in BENCHMARKS.md); with at least ``jobs`` GPUs each worker gets its own. Every run's result is its
     own; the thread count can change the last bits of float sums, so each stage records it."""
     if not isinstance(jobs, int) or isinstance(jobs, bool) or jobs < 1:
         raise ValueError(f"jobs must be an integer >= 1; got {jobs!r}")
@@ -505,7 +503,7 @@ def stages_left(cfg: ExperimentConfig, stages: Stages, runs: list[Run]) -> list[
     """The stages of the plan not finished yet."""
     names = ["01_start", "02_direction", "03_data", "05_eval/start"]
     for run in runs:
-        names += [f"04_train/{run.name}", f"05_eval/{run.name}"] + ([f"06_drift/{run.name}"] if cfg.drift else [])
+        names += _run_stage_names(cfg, run)
     return [n for n in names if not stages.done(n)]
 
 
