@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 JOBS_HELP = ("runs at once, each in its own process: on a CPU each gets its share of the threads "
-             "(2 on 2 cores: ~1.2x faster on a long bench), with as many GPUs one GPU each")
+             "(2 on 2 cores: ~1.1-1.2x faster), with as many GPUs one GPU each")
 
 
 def demo(

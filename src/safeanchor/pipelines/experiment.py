@@ -379,7 +379,8 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path, *, kind: str = "bench
 
     ``jobs``: how many runs (train + eval + drift of one method, scenario and seed) go at once, each
     in its own worker process. On a CPU the threads are shared out (``torch.get_num_threads() //
-    jobs`` each: on 2 cores ~1.2x faster over a long bench, measured in BENCHMARKS.md); with at least ``jobs`` GPUs each worker gets its own. Every run's result is its
+    jobs`` each; on 2 cores: 1.075x on two short runs, ~1.2x inferred over a long bench, see
+    BENCHMARKS.md); with at least ``jobs`` GPUs each worker gets its own. Every run's result is its
     own; the thread count can change the last bits of float sums, so each stage records it."""
     if not isinstance(jobs, int) or isinstance(jobs, bool) or jobs < 1:
         raise ValueError(f"jobs must be an integer >= 1; got {jobs!r}")
