@@ -34,6 +34,9 @@ def main() -> None:
     ap.add_argument("--gen-prompts", type=int, default=32)
     ap.add_argument("--new-tokens", type=int, default=32)
     ap.add_argument("--gen-reps", type=int, default=2)
+    ap.add_argument("--precisions", nargs="+", default=["fp32", "bf16-autocast"], choices=["fp32", "bf16-autocast"],
+                    help="fp32 alone is a quick probe of the machine's speed (bf16 autocast is very slow on a CPU "
+                         "without AVX-512 bf16)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
 
@@ -43,9 +46,10 @@ def main() -> None:
     from safeanchor.evaluate.generate import generate
     from safeanchor.models import Precision, attach_lora, load_model
 
-    precisions = {"fp32": Precision(torch.float32, None), "bf16-autocast": Precision(torch.float32, torch.bfloat16)}
+    known = {"fp32": Precision(torch.float32, None), "bf16-autocast": Precision(torch.float32, torch.bfloat16)}
+    precisions = {name: known[name] for name in args.precisions}
     model, tok = load_model(args.model, device="cpu", precision="fp32")
-    results: dict = {"threads": torch.get_num_threads(), "train": {}, "generate": {}}
+    results: dict = {"threads": torch.get_num_threads(), "cpu": cpu_info(), "train": {}, "generate": {}}
 
     prompts = load_source("bundled:harmless:test", limit=args.gen_prompts)
     gen_times: dict[str, list[float]] = {p: [] for p in precisions}
@@ -79,16 +83,37 @@ def main() -> None:
                                       "tokens_per_s": args.batch_size * T / statistics.median(ts[1:])}
                                for name, ts in times.items()}
 
-    print(f"threads: {results['threads']}")
+    print(f"threads: {results['threads']}; cpu: {results['cpu']}")
     for T, row in results["train"].items():
-        a, f = row["bf16-autocast"]["median_step_s"], row["fp32"]["median_step_s"]
-        print(f"LoRA step {args.batch_size}x{T}: fp32 {f:.2f} s, bf16 autocast {a:.2f} s -> autocast/fp32 {a / f:.2f}x")
-    a, f = results["generate"]["bf16-autocast"]["median_s"], results["generate"]["fp32"]["median_s"]
-    print(f"generate {args.gen_prompts} prompts x {args.new_tokens} tokens (batch {args.gen_prompts}): "
-          f"fp32 {f:.1f} s, bf16 autocast {a:.1f} s -> autocast/fp32 {a / f:.2f}x")
+        line = f"LoRA step {args.batch_size}x{T}: " + ", ".join(f"{n} {row[n]['median_step_s']:.2f} s" for n in precisions)
+        if len(precisions) == 2:
+            line += f" -> autocast/fp32 {row['bf16-autocast']['median_step_s'] / row['fp32']['median_step_s']:.2f}x"
+        print(line)
+    gen = results["generate"]
+    line = (f"generate {args.gen_prompts} prompts x {args.new_tokens} tokens (batch {args.gen_prompts}): "
+            + ", ".join(f"{n} {gen[n]['median_s']:.1f} s" for n in precisions))
+    if len(precisions) == 2:
+        line += f" -> autocast/fp32 {gen['bf16-autocast']['median_s'] / gen['fp32']['median_s']:.2f}x"
+    print(line)
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(results, fh, indent=2)
+
+
+def cpu_info() -> dict:
+    """The CPU's model name, core count and vector extensions (what decides fp32/bf16 speed)."""
+    info: dict = {"cores": os.cpu_count()}
+    try:
+        text = open("/proc/cpuinfo").read()
+    except OSError:
+        return info
+    for line in text.splitlines():
+        if line.startswith("model name") and "model" not in info:
+            info["model"] = line.split(":", 1)[1].strip()
+        if line.startswith("flags") and "vector" not in info:
+            flags = line.split(":", 1)[1].split()
+            info["vector"] = sorted(f for f in flags if f.startswith(("avx", "amx")))
+    return info
 
 
 if __name__ == "__main__":

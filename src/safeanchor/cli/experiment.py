@@ -16,7 +16,7 @@ def demo(
     quick: bool = typer.Option(False, help="a tiny smoke run (minutes)"),
     jobs: int = typer.Option(1, min=1, help=JOBS_HELP),
 ) -> None:
-    """Aligned start -> r-direction -> SFT vs ProCon_wu_safe on a bundled task -> eval -> drift -> report."""
+    """Aligned start -> r-direction -> SFT, SFT + safety data, ProCon_wu_safe on a bundled task -> eval -> drift -> report."""
     from ..pipelines.experiment import ExperimentConfig, run_experiment
 
     cfg = ExperimentConfig.preset("quick" if quick else "demo")

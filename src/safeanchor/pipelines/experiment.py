@@ -197,9 +197,11 @@ class ExperimentConfig:
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> "ExperimentConfig":
         presets: dict[str, dict[str, Any]] = {
-            # the demo is the benign, seed-0 slice of configs/bench/core.yaml, with drift
-            "demo": {"methods": ["start", "sft", "sft_safe", "procon_wu_safe"], "train_samples": 96,
-                     "safety_samples": 24, "max_new_tokens": 24},
+            # the demo: the four models of the question (start, SFT, SFT + safety data, ProCon_wu_safe),
+            # benign, seed 0, with drift; 64 task examples x 2 epochs at batch 4 (SFT: 32 optimizer steps;
+            # core bench: 24 at batch 8), 16 safety samples, the whole 200-item task test set
+            "demo": {"methods": ["start", "sft", "sft_safe", "procon_wu_safe"], "train_samples": 64,
+                     "safety_samples": 16, "batch_size": 4, "max_new_tokens": 24, "gen_batch_size": 100},
             "bench": {"methods": method_names(bench=True), "scenarios": ["benign", "attack"], "train_samples": 160},
             "quick": {"methods": ["start", "sft", "procon_wu_safe"], "scenarios": ["benign"],
                       "train_samples": 64, "epochs": 1.0, "safety_samples": 16, "eval_limit": 16,
