@@ -275,15 +275,16 @@ def planned_runs(cfg: ExperimentConfig) -> list[Run]:
             for method in cfg.methods if cfg.method_of(method).trains]
 
 
-# Seconds on a 2-core CPU for SmolLM2-135M (stage.json timings of `safeanchor demo` and of
-# configs/bench/core_budget.yaml): the alignment build (incl. the GGUF conversion), direction
+# Seconds on a 2-core AVX2 CPU for SmolLM2-135M (stage.json timings of `safeanchor demo` on a fresh
+# cache and of configs/bench/core_budget.yaml, session 10; a machine with AVX-512 ran training 2.2x and
+# generation 1.8x faster, benchmarks/bench_precision.py): the alignment build (incl. the GGUF conversion), direction
 # extraction, the attack-data stage, one training example's forward + backward (arithmetic_steps,
 # ~85 tokens), the fixed cost of a training run (model load, trainer), and for generation: one
 # prompt's prefill, one decoding step's fixed cost and one row's cost in it; then one drift
 # measurement, and the throughput gain of two 1-thread runs at once over one 2-thread run
 # (--jobs 2; measured). Only used for the estimate printed up front; other models/machines scale it.
 # A method's own fixed cost (ProCon's anchor pass) is its table row's ``setup_seconds``.
-_EST = {"align": 690.0, "direction": 22.0, "attack_data": 25.0, "sample": 0.62, "run_setup": 10.0,
+_EST = {"align": 1140.0, "direction": 22.0, "attack_data": 25.0, "sample": 0.62, "run_setup": 10.0,
         "prompt": 0.11, "gen_step": 0.08, "gen_row": 0.004, "eval_setup": 5.0, "drift": 17.0,
         "jobs_gain": 1.2}
 
@@ -414,7 +415,7 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path, *, kind: str = "bench
     est = estimate_seconds(cfg, start_built=start_built, jobs=jobs)
     console.print(f"[bold]safeanchor {kind}[/bold]: {len(runs)} fine-tuning run(s) "
                   f"({', '.join(cfg.methods)} × {', '.join(cfg.scenarios)} × seeds {cfg.seeds}) on {cfg.model}")
-    console.print(f"estimated time on a 2-core CPU: ~{est / 60:.0f} min"
+    console.print(f"estimated time on a 2-core AVX2 CPU: ~{est / 60:.0f} min"
                   + ("" if start_built else " (includes the one-time safety-alignment stage)")
                   + f"; output: {out}")
     t_start = time.perf_counter()
