@@ -149,6 +149,18 @@ def test_fingerprint_and_shape_checks(rd, tiny_model, tiny_tokenizer):
         rd.check_compatible(tuned, derivative=True)
     with pytest.raises(IncompatibleDirectionError, match="differs"):
         rd.check_compatible(tuned)  # still not the same weights
+    # merged into its base by merge_adapter (as the bench does before evaluating): verified, silent
+    from safeanchor.models import merge_adapter, model_fingerprint
+
+    merged = merge_adapter(tuned)
+    assert not hasattr(merged, "peft_config") and model_fingerprint(merged) != rd.info["fingerprint"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        rd.check_compatible(merged, derivative=True)
+    # merged into another base: still a warning
+    stranger = merge_adapter(attach_lora(other, r=2, alpha=4, dropout=0.0, target_modules=["q_proj"], seed=0))
+    with pytest.warns(UserWarning, match="derivative"):
+        rd.check_compatible(stranger, derivative=True)
     deeper = make_tiny_llama(len(tiny_tokenizer), layers=4)
     with pytest.raises(IncompatibleDirectionError, match="3 layers x 16 .* 4 x 16"):
         rd.check_compatible(deeper, derivative=True)

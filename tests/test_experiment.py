@@ -4,6 +4,7 @@ is skipped on a rerun, and results.json agrees with the per-prompt records and t
 from __future__ import annotations
 
 import json
+import warnings
 
 import pytest
 
@@ -57,7 +58,11 @@ def test_config_validation_and_yaml(tmp_path):
 def test_pipeline_end_to_end_on_tiny_model(tiny_model_dir, tmp_path):
     cfg = tiny_cfg(tiny_model_dir)
     out = tmp_path / "exp"
-    results = run_experiment(cfg, out, kind="demo")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        results = run_experiment(cfg, out, kind="demo")
+    # the drift of a merged adapter on the start model is a verified derivative: no warning about it
+    assert not [w for w in caught if "derivative" in str(w.message)]
     for stage in ("01_start", "02_direction", "03_data", "04_train/sft-benign-s0",
                   "04_train/procon_wu_safe-benign-s0", "05_eval/start", "05_eval/sft-benign-s0",
                   "06_drift/procon_wu_safe-benign-s0"):

@@ -522,6 +522,20 @@ def weights_fingerprints(model, *, base_only: bool = False) -> dict[str, str] | 
     return {**out, "dtype": str(dtype).removeprefix("torch.") if dtype is not None else None}
 
 
+def merge_adapter(model):
+    """``model.merge_and_unload()`` keeping what safeanchor records on the model: its source, its
+    precision, and ``safeanchor_base_fingerprint`` -- the fingerprint of the base the adapter sits on,
+    taken before the merge, so a direction extracted from that base recognises the merged model as a
+    verified derivative (:meth:`~safeanchor.direction.RefusalDirection.check_compatible`)."""
+    base_fp = model_fingerprint(model, base_only=True)
+    source = getattr(model, "safeanchor_source", None)
+    prec = getattr(model, "safeanchor_precision", None)
+    merged = model.merge_and_unload()
+    merged.safeanchor_source, merged.safeanchor_precision = source, prec
+    merged.safeanchor_base_fingerprint = base_fp
+    return merged
+
+
 def base_fingerprints(model) -> dict[str, str] | None:
     """What an adapter records of its base: the base weights' fingerprint with the values rounded to
     fp32, bf16 and fp16. The same stored weights loaded in any of those precisions share at least

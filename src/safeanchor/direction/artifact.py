@@ -200,7 +200,9 @@ class RefusalDirection:
         A different layer count or hidden size is always an error. A different weight
         fingerprint is an error unless ``derivative=True`` (the model is an intended derivative,
         such as a fine-tuned checkpoint), where it is a warning -- except for a LoRA adapter on the
-        direction's own base model (its base fingerprint matches), which is verified and silent.
+        direction's own base model (its base fingerprint matches), which is verified and silent; so
+        is such an adapter merged into its base, when the merge recorded the base's fingerprint as
+        ``model.safeanchor_base_fingerprint`` (see :func:`safeanchor.models.merge_adapter`).
         """
         from ..models import model_fingerprint
 
@@ -214,6 +216,8 @@ class RefusalDirection:
                     msg + "; pass derivative=True (CLI: --derivative) if this model is a fine-tuned copy of it")
             if hasattr(model, "peft_config") and model_fingerprint(model, base_only=True) == self.info.get("fingerprint"):
                 return  # an adapter on the very base the direction came from: a derivative, verified
+            if getattr(model, "safeanchor_base_fingerprint", None) == self.info.get("fingerprint"):
+                return  # the same, merged: the base's fingerprint was taken before the merge
             warnings.warn(msg + "; treating the model as a derivative", stacklevel=2)
 
     def __repr__(self) -> str:

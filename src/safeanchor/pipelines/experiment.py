@@ -563,14 +563,12 @@ def _input_fingerprints(cfg: ExperimentConfig) -> dict[str, str]:
 
 
 def _load(cfg: ExperimentConfig, adapter: Path | None = None, *, merge: bool = True):
-    from ..models import load_model
+    from ..models import load_model, merge_adapter
 
     model, tok = load_model(cfg.model, precision=cfg.precision, adapter=str(adapter) if adapter else None)
     if adapter is not None and merge:
         # merged weights generate faster than base + unmerged LoRA; provenance keeps the adapter path
-        source, prec = model.safeanchor_source, model.safeanchor_precision
-        model = model.merge_and_unload()
-        model.safeanchor_source, model.safeanchor_precision = source, prec
+        model = merge_adapter(model)
     return model, tok
 
 
