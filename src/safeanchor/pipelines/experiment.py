@@ -282,7 +282,7 @@ def planned_runs(cfg: ExperimentConfig) -> list[Run]:
 # ~85 tokens), the fixed cost of a training run (model load, trainer), and for generation: one
 # prompt's prefill, one decoding step's fixed cost and one row's cost in it; then one drift
 # measurement, and the throughput gain of two 1-thread runs at once over one 2-thread run
-# (--jobs 2; measured). Only used for the estimate printed up front; other models/machines scale it.
+# (--jobs 2; inferred over core_budget, not measured side by side: BENCHMARKS.md). Only used for the estimate printed up front; other models/machines scale it.
 # A method's own fixed cost (ProCon's anchor pass) is its table row's ``setup_seconds``.
 _EST = {"align": 1140.0, "direction": 22.0, "attack_data": 25.0, "sample": 0.62, "run_setup": 10.0,
         "prompt": 0.11, "gen_step": 0.08, "gen_row": 0.004, "eval_setup": 5.0, "drift": 17.0,
