@@ -88,6 +88,7 @@ def test_pipeline_end_to_end_on_tiny_model(tiny_model_dir, tmp_path):
     md = (out / "report" / "report.md").read_text()
     for row in on_disk["summary"]:
         assert f"| {row['method']} |" in md
+    assert "**One seed**" in md and "settles no claim" in md  # one seed's verdicts are said to settle nothing
 
     # a rerun skips every stage and reproduces the same figures
     again = run_experiment(cfg, out, kind="demo")
@@ -461,6 +462,7 @@ def test_runs_in_parallel_workers_give_the_runs_of_one_process(tiny_model_dir, t
         assert [s.get("loss") for s in logs[0]["steps"]] == [s.get("loss") for s in logs[1]["steps"]]
         stage = json.loads((par_out / "05_eval" / run.name / "stage.json").read_text())
         assert stage["threads"] == max(1, threads // 2)
+    assert "**One seed**" not in (par_out / "report" / "report.md").read_text()  # two seeds: no such caveat
     # an interrupted parallel bench: one run's eval gone -> only it is done again
     shutil.rmtree(par_out / "05_eval" / "sft-benign-s1")
     before = (par_out / "05_eval" / "sft-benign-s0" / "eval.json").stat().st_mtime_ns

@@ -249,8 +249,12 @@ def write_report(results: dict[str, Any], out_dir: str | Path) -> dict[str, Path
                      "both judges). The verdict comes from the interval alone: **holds** when the whole interval is "
                      "on the claim's side of its bound, **does not hold** when the whole interval is on the other "
                      "side, **inconclusive** when it contains the bound. p: McNemar exact (one seed) or a sign-flip "
-                     "permutation test over items (several seeds).", "",
-                     findings_md(results["findings"]), ""]
+                     "permutation test over items (several seeds).", ""]
+        if any(f.get("n_seeds") == 1 for f in results["findings"] if isinstance(f, dict)):
+            parts_md += ["**One seed**: an interval over one seed's items leaves out what another training seed "
+                         "would change, so a verdict with 1 in its seeds column describes this run and settles no "
+                         "claim about the methods; run at least 3 seeds for that.", ""]
+        parts_md += [findings_md(results["findings"]), ""]
     comps = comparisons_md(results.get("comparisons") or [])
     if comps:
         parts_md += ["### Against the baselines (every pair is in results.json)", "", comps, ""]
